@@ -1,0 +1,145 @@
+"""The `robopolicy` command line: parse arguments, then call one library function per verb.
+
+Errors a user can cause are `RobopolicyError`s: printed as one line on stderr, exit status 2.
+Heavy modules are imported inside each verb so `robopolicy --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from robopolicy import __version__
+from robopolicy.errors import RobopolicyError
+
+
+# ---------------------------------------------------------------------------- verbs
+def cmd_info(args: argparse.Namespace) -> int:
+    from robopolicy.system import system_report
+
+    print(system_report())
+    return 0
+
+
+def cmd_dataset_info(args: argparse.Namespace) -> int:
+    from robopolicy.data.dataset import LeRobotDataset
+    from robopolicy.data.inspect import describe
+
+    print(describe(LeRobotDataset(args.path, revision=args.revision)))
+    return 0
+
+
+def cmd_dataset_verify(args: argparse.Namespace) -> int:
+    from robopolicy.data.inspect import verify
+
+    problems = verify(args.path)
+    if problems:
+        for p in problems:
+            print(f"problem: {p}", file=sys.stderr)
+        print(f"{args.path}: {len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"{args.path}: OK (metadata, parquet files, indices, videos/images and stats checked)")
+    return 0
+
+
+def cmd_dataset_stats(args: argparse.Namespace) -> int:
+    from robopolicy.data import format as fmt
+    from robopolicy.data import stats as stats_lib
+    from robopolicy.data.dataset import LeRobotDataset
+
+    ds = LeRobotDataset(args.path)
+    stats = ds.compute_stats()
+    if args.write:
+        fmt.write_json_atomic(ds.root / fmt.STATS_PATH, stats_lib.to_json(stats))
+        print(f"wrote {ds.root / fmt.STATS_PATH}")
+    else:
+        import json
+
+        print(json.dumps(stats_lib.to_json(stats), indent=1))
+    return 0
+
+
+def cmd_dataset_convert(args: argparse.Namespace) -> int:
+    from robopolicy.data.convert import convert_robomimic
+
+    cameras = None
+    if args.camera:
+        cameras = {}
+        for item in args.camera:
+            if "=" not in item:
+                raise RobopolicyError(f"--camera expects SOURCE_KEY=NAME, got {item!r}")
+            src, name = item.split("=", 1)
+            cameras[src] = name
+    out = convert_robomimic(
+        args.input, args.out, fps=args.fps, task=args.task,
+        state_keys=args.state_keys.split(","),
+        env_state_keys=[k for k in args.env_state_keys.split(",") if k],
+        cameras=cameras, camera_storage=args.camera_storage, video_codec=args.codec,
+        flip_images=args.flip_images, overwrite=args.overwrite, max_episodes=args.max_episodes,
+    )
+    from robopolicy.data.dataset import LeRobotDataset
+
+    ds = LeRobotDataset(out)
+    print(f"wrote {out}: {ds.num_episodes} episodes, {len(ds)} frames")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="robopolicy", description="Robot imitation learning and VLA policies.")
+    parser.add_argument("--version", action="version", version=f"robopolicy {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("info", help="versions, devices and optional components of this installation")
+    p.set_defaults(func=cmd_info)
+
+    dataset = verbs.add_parser("dataset", help="inspect, verify and convert LeRobot v3.0 datasets")
+    dverbs = dataset.add_subparsers(dest="dataset_verb", required=True, metavar="ACTION")
+    p = dverbs.add_parser("info", help="episodes, frames, fps, features, tasks and stats")
+    p.add_argument("path", help="dataset folder or hub repo id (owner/name)")
+    p.add_argument("--revision", default=None, help="hub revision when PATH is a repo id")
+    p.set_defaults(func=cmd_dataset_info)
+    p = dverbs.add_parser("verify", help="check every file of a dataset and report problems")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_dataset_verify)
+    p = dverbs.add_parser("stats", help="recompute normalization statistics from the data")
+    p.add_argument("path")
+    p.add_argument("--write", action="store_true", help="replace meta/stats.json instead of printing")
+    p.set_defaults(func=cmd_dataset_stats)
+    p = dverbs.add_parser("convert", help="convert robomimic HDF5 demonstrations to LeRobot v3.0")
+    p.add_argument("input", help="robomimic .hdf5 file")
+    p.add_argument("--out", required=True, help="output dataset folder")
+    p.add_argument("--from", dest="source_format", default="robomimic", choices=["robomimic"])
+    p.add_argument("--fps", type=int, default=20)
+    p.add_argument("--task", default=None, help="task string (default: the env name in the file)")
+    p.add_argument("--state-keys", default="robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos",
+                   help="comma-separated obs keys concatenated into observation.state")
+    p.add_argument("--env-state-keys", default="object",
+                   help="comma-separated obs keys for observation.environment_state ('' for none)")
+    p.add_argument("--camera", action="append", metavar="SOURCE=NAME",
+                   help="obs image key and its camera name, e.g. agentview_image=agentview (repeatable)")
+    p.add_argument("--camera-storage", choices=["video", "image"], default="video")
+    p.add_argument("--codec", choices=["av1", "h264"], default="av1")
+    p.add_argument("--flip-images", action="store_true", help="flip images vertically (OpenGL-rendered sources)")
+    p.add_argument("--max-episodes", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_dataset_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RobopolicyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Shared test set-up: the LeRobot-written fixtures, an isolated frame cache, no network."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("ROBOPOLICY_FIXTURES", REPO.parent / "shared" / "fixtures"))
+LIFT_VIDEO = FIXTURES / "lerobot_lift_v3"
+LIFT_IMAGES = FIXTURES / "lerobot_lift_v3_images"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Frame caches go to a per-session folder so tests never reuse a cache built elsewhere."""
+    os.environ["ROBOPOLICY_CACHE_DIR"] = str(tmp_path_factory.mktemp("frame-cache"))
+    if not LIFT_VIDEO.is_dir():
+        pytest.exit(f"LeRobot fixtures not found at {FIXTURES}; set ROBOPOLICY_FIXTURES", returncode=4)
+
+
+@pytest.fixture
+def lift_copy(tmp_path):
+    """A writable copy of the video fixture (the originals are read-only)."""
+    dst = tmp_path / "lift"
+    shutil.copytree(LIFT_VIDEO, dst)
+    for p in [dst, *dst.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return dst
+
+
+@pytest.fixture
+def lift_images_copy(tmp_path):
+    dst = tmp_path / "lift_images"
+    shutil.copytree(LIFT_IMAGES, dst)
+    for p in [dst, *dst.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return dst
