@@ -32,7 +32,7 @@ def run(dataset: Path, batches: int, batch_size: int) -> dict:
         ds = LeRobotDataset(dataset, cache_dir=cache)
         keys = ["observation.state", *ds.camera_keys]
         windows = WindowedDataset(ds, WindowSpec(n_obs_steps=2, horizon=16).deltas(keys))
-        loader = BatchLoader(windows, batch_size=batch_size, seed=0)
+        loader = BatchLoader(windows, batch_size=batch_size, seed=0, prefetch=0)
         epoch = loader.batches_per_epoch
         for _ in loader.iterate(0, epoch):
             pass

@@ -85,6 +85,38 @@ def cmd_dataset_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from robopolicy.config import load_config
+    from robopolicy.train.trainer import train
+
+    config_path = args.config
+    if args.resume and args.resume is not True:
+        run_dir = Path(args.resume)
+        config_path = config_path or run_dir / "config.yaml"
+    cfg = load_config(config_path, args.overrides)
+    if args.resume and args.resume is not True and cfg.run_dir.resolve() != Path(args.resume).resolve():
+        raise RobopolicyError(f"--resume {args.resume} but the config's run folder is {cfg.run_dir}")
+    hook = make_eval_hook(cfg)
+    result = train(cfg, resume=bool(args.resume), eval_hook=hook)
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trained {result.steps} steps in {result.train_seconds:.0f} s ({result.samples_per_s:.1f} samples/s),"
+              f" final loss {result.final_loss:.4f}")
+        print(f"checkpoint: {result.checkpoint}")
+        print(f"run folder: {result.run_dir} (config.yaml, metrics.jsonl, loss.png, summary.json)")
+    return 0
+
+
+def make_eval_hook(cfg):
+    """Periodic evaluation during training, when the config names an env and eval.every > 0."""
+    if not cfg.eval.env or not cfg.eval.every:
+        return None
+    from robopolicy.evaluate.hook import training_eval_hook
+
+    return training_eval_hook(cfg)
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robopolicy", description="Robot imitation learning and VLA policies.")
@@ -125,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-episodes", type=int, default=None)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_dataset_convert)
+    p = verbs.add_parser("train", help="train a policy from a YAML config (+ key.sub=value overrides)")
+    p.add_argument("--config", type=Path, default=None, help="experiment YAML, e.g. configs/lift_lowdim_diffusion.yaml")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue the run from its last checkpoint (RUN_DIR defaults to the config's run folder)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. train.steps=500")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

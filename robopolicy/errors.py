@@ -28,3 +28,7 @@ class EnvError(RobopolicyError):
 
 class SafetyError(RobopolicyError):
     """An action or robot state violated a safety limit during deployment."""
+
+
+class ObservationError(RobopolicyError):
+    """An observation handed to a policy does not match the features it was trained on."""

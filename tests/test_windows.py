@@ -49,7 +49,7 @@ def test_windows_never_cross_episodes_and_pad_at_edges(windows):
 
 
 def test_loader_is_deterministic_and_ranks_disjoint(windows):
-    a = BatchLoader(windows, batch_size=8, seed=3)
+    a = BatchLoader(windows, batch_size=8, seed=3, prefetch=2)
     b = BatchLoader(windows, batch_size=8, seed=3, prefetch=0)
     assert [x["index"].tolist() for x in a.iterate(5, 3)] == [b.batch(s)["index"].tolist() for s in (5, 6, 7)]
     r0 = BatchLoader(windows, batch_size=8, seed=3, rank=0, world_size=2)

@@ -1,0 +1,23 @@
+"""Evaluation settings: used by `robopolicy eval` and by periodic evaluation during training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class EvalConfig:
+    env: str | None = None  # registered env name, e.g. robosuite/Lift; None = no simulation evaluation
+    episodes: int = 50
+    workers: int = 2
+    seed: int = 100_000  # episode i uses seed + i; training demonstrations use seeds below 100000
+    every: int = 0  # evaluate every N training steps (0 = only after training)
+    inference_steps: int | None = None  # diffusion / flow steps; None = the policy's default
+    n_action_steps: int | None = None  # actions executed per chunk; None = the policy's default
+    execution: Literal["receding", "ensemble"] = "receding"
+    ensemble_decay: float = 0.01  # temporal ensembling weight exp(-decay * i), ACT's default
+    weights: Literal["ema", "raw"] = "ema"
+    max_steps: int | None = None  # episode step limit; None = the env's default
+    videos: int = 4  # episodes recorded as mp4 (successes and failures)
+    image_size: int | None = None  # camera size; None = what the policy was trained on

@@ -1,0 +1,1 @@
+"""Policies: normalizer + observation encoder + action head, saved as safetensors + JSON."""

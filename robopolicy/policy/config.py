@@ -1,0 +1,180 @@
+"""Policy configuration: what the encoder sees, which head predicts, and how features are scaled.
+
+`PolicyConfig` is saved as config.json in every checkpoint together with `FeatureSpec`s (the
+shapes the policy was trained on), so a checkpoint folder alone rebuilds the network. Validation
+happens in `__post_init__`, so a bad value fails when the config is read, not mid-training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+HEADS = ("diffusion", "flow", "act")
+
+
+@dataclass
+class VisionConfig:
+    """Camera encoder: a CNN trunk followed by spatial-softmax keypoints, one token per image.
+
+    backbone "resnet18" is torchvision's ResNet-18 with BatchNorm replaced by GroupNorm (trained
+    from scratch, the diffusion-policy recipe); "small_cnn" is a 4-layer GroupNorm CNN for CPUs.
+    """
+
+    backbone: Literal["resnet18", "small_cnn"] = "resnet18"
+    shared: bool = True  # one trunk for all cameras (else one per camera)
+    num_keypoints: int = 32
+    crop_ratio: float = 0.9  # random crop of this fraction of H and W in training, center crop at inference
+    pretrained_path: str | None = None  # optional local torchvision-format weights for resnet18
+
+    def __post_init__(self):
+        if not 0.5 <= self.crop_ratio <= 1.0:
+            raise ValueError(f"vision.crop_ratio must be in [0.5, 1], got {self.crop_ratio}")
+        if self.num_keypoints < 1:
+            raise ValueError("vision.num_keypoints must be >= 1")
+
+
+@dataclass
+class VLMConfig:
+    """A pretrained vision-language backbone (Hugging Face transformers) as the encoder."""
+
+    model: str = ""  # hub id or local folder
+    layer: int = -1  # hidden-state layer used as conditioning tokens (negative counts from the end)
+    num_layers: int | None = None  # keep only the first N language layers (SmolVLA-style truncation)
+    mode: Literal["frozen", "frozen_vision", "lora", "full"] = "frozen"
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    gradient_checkpointing: bool = False
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    max_tokens: int = 256  # conditioning tokens kept after the model (the rest are dropped from the left)
+    cache_features: bool = True  # frozen backbone: cache per-frame features on disk
+
+
+@dataclass
+class EncoderConfig:
+    type: Literal["standard", "vlm"] = "standard"
+    dim: int = 64  # width of every conditioning token (64 = the keypoint feature size of diffusion policy)
+    cameras: list[str] | None = None  # None = every camera of the dataset; [] = low-dim only
+    state_keys: list[str] = field(default_factory=lambda: ["observation.state"])
+    language: bool = False  # encode the task string with the pretrained MiniLM (frozen)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    vlm: VLMConfig = field(default_factory=VLMConfig)
+
+    def __post_init__(self):
+        if self.dim < 8:
+            raise ValueError(f"encoder.dim must be >= 8, got {self.dim}")
+
+
+@dataclass
+class DenoiserConfig:
+    """The network inside diffusion and flow heads."""
+
+    type: Literal["unet", "transformer"] = "unet"
+    unet_dims: list[int] = field(default_factory=lambda: [64, 128, 256])
+    kernel_size: int = 5
+    n_groups: int = 8
+    transformer_dim: int = 256
+    transformer_layers: int = 4
+    transformer_heads: int = 4
+    dropout: float = 0.0
+
+
+@dataclass
+class DiffusionConfig:
+    num_train_timesteps: int = 100
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: Literal["epsilon", "sample"] = "epsilon"
+    scheduler: Literal["ddim", "ddpm"] = "ddim"
+    num_inference_steps: int = 10
+    clip_sample: bool = True
+
+
+@dataclass
+class FlowConfig:
+    num_inference_steps: int = 10
+    time_beta_alpha: float = 1.5  # t ~ Beta(1.5, 1) as in pi0: more weight near the noise end
+    time_beta_beta: float = 1.0
+    time_min: float = 0.001
+
+
+@dataclass
+class ACTConfig:
+    dim: int = 256
+    heads: int = 8
+    ff_dim: int = 3200
+    encoder_layers: int = 4
+    decoder_layers: int = 1
+    vae_encoder_layers: int = 4
+    latent_dim: int = 32
+    kl_weight: float = 10.0
+    dropout: float = 0.1
+    use_vae: bool = True
+
+
+@dataclass
+class PolicyConfig:
+    head: Literal["diffusion", "flow", "act"] = "diffusion"
+    n_obs_steps: int = 2
+    horizon: int = 16
+    action_offset: int | None = None  # first action's offset from t; None = 1 - n_obs_steps (diffusion policy)
+    n_action_steps: int = 8  # actions executed per chunk by default at evaluation / deployment
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    act: ACTConfig = field(default_factory=ACTConfig)
+    state_norm: Literal["mean_std", "min_max", "identity"] = "min_max"
+    action_norm: Literal["mean_std", "min_max", "identity"] | None = None  # None: min_max, mean_std for ACT
+
+    def __post_init__(self):
+        if self.n_obs_steps < 1 or self.horizon < 1:
+            raise ValueError("n_obs_steps and horizon must be >= 1")
+        if self.first_action_offset > 0:
+            raise ValueError(f"action_offset must be <= 0 (the chunk must include the current step), got {self.action_offset}")
+        if self.first_action_offset + self.horizon < 1:
+            raise ValueError("horizon too short: the chunk must reach the current step")
+        if not 1 <= self.n_action_steps <= self.horizon + self.first_action_offset:
+            raise ValueError(f"n_action_steps must be in [1, {self.horizon + self.first_action_offset}], got {self.n_action_steps}")
+
+    @property
+    def first_action_offset(self) -> int:
+        return 1 - self.n_obs_steps if self.action_offset is None else self.action_offset
+
+    @property
+    def action_normalization(self) -> str:
+        if self.action_norm is not None:
+            return self.action_norm
+        return "mean_std" if self.head == "act" else "min_max"
+
+
+@dataclass
+class FeatureSpec:
+    """Shape of one input or output feature, recorded from the training data."""
+
+    key: str
+    shape: list[int]
+    kind: Literal["state", "camera", "action"]
+
+
+@dataclass
+class PolicySpec:
+    """Everything a checkpoint needs besides weights: config + data features + provenance."""
+
+    config: PolicyConfig
+    features: list[FeatureSpec]
+    fps: int = 20
+    tasks: list[str] = field(default_factory=list)
+    robot_type: str | None = None
+
+    def keys(self, kind: str) -> list[str]:
+        return [f.key for f in self.features if f.kind == kind]
+
+    def shape(self, key: str) -> list[int]:
+        for f in self.features:
+            if f.key == key:
+                return f.shape
+        raise KeyError(key)
+
+    @property
+    def action_dim(self) -> int:
+        return self.shape("action")[0]

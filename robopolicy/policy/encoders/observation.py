@@ -1,0 +1,66 @@
+"""The standard observation encoder: cameras + proprioception (+ task string) -> Conditioning.
+
+Token layout, for each observation step t (oldest first): one token per camera, then one token
+for the concatenated low-dim state; then, once, a language token. A learned embedding per token
+position tells attention-based heads which token is which. `pooled` is all tokens flattened — the
+global conditioning vector diffusion_policy feeds to its U-Net.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from robopolicy.policy.config import PolicySpec
+from robopolicy.policy.encoders.base import Conditioning
+from robopolicy.policy.encoders.text import EMBED_DIM, TextEncoder
+from robopolicy.policy.encoders.vision import VisionEncoder
+
+
+class ObservationEncoder(nn.Module):
+    def __init__(self, spec: PolicySpec):
+        super().__init__()
+        cfg = spec.config
+        enc = cfg.encoder
+        self.dim = enc.dim
+        self.n_obs_steps = cfg.n_obs_steps
+        self.camera_keys = spec.keys("camera")
+        self.state_keys = spec.keys("state")
+        self.vision = None
+        if self.camera_keys:
+            h, w, _ = spec.shape(self.camera_keys[0])
+            for key in self.camera_keys[1:]:
+                if spec.shape(key)[:2] != [h, w]:
+                    raise ValueError(f"all cameras must share one size; {key} is {spec.shape(key)}, "
+                                     f"{self.camera_keys[0]} is {[h, w]}")
+            self.vision = VisionEncoder(enc.vision, self.camera_keys, (h, w), enc.dim)
+        state_dim = sum(spec.shape(k)[0] for k in self.state_keys)
+        self.state = (nn.Sequential(nn.Linear(state_dim, enc.dim), nn.Mish(), nn.Linear(enc.dim, enc.dim))
+                      if state_dim else None)
+        self.text = TextEncoder() if enc.language else None
+        self.language = nn.Linear(EMBED_DIM, enc.dim) if enc.language else None
+        per_step = len(self.camera_keys) + (1 if self.state is not None else 0)
+        if per_step == 0 and self.text is None:
+            raise ValueError("the encoder has no inputs: give it cameras, state keys or language")
+        self.num_tokens = per_step * self.n_obs_steps + (1 if self.text is not None else 0)
+        self.position = nn.Parameter(torch.randn(self.num_tokens, enc.dim) * 0.02)
+
+    @property
+    def pooled_dim(self) -> int:
+        return self.num_tokens * self.dim
+
+    def forward(self, batch: dict) -> Conditioning:
+        """`batch` holds normalized state (B, T, D) and images (B, T, 3, H, W) in [0, 1]."""
+        parts = []
+        if self.vision is not None:
+            parts.append(self.vision({k: batch[k] for k in self.camera_keys}))  # (B, T, n_cams, dim)
+        if self.state is not None:
+            state = torch.cat([batch[k] for k in self.state_keys], dim=-1)
+            parts.append(self.state(state).unsqueeze(2))  # (B, T, 1, dim)
+        tokens = torch.cat(parts, dim=2).flatten(1, 2) if parts else None
+        if self.text is not None:
+            emb = self.text(list(batch["task"])).to(self.position.device)
+            lang = self.language(emb).unsqueeze(1)
+            tokens = lang if tokens is None else torch.cat([tokens, lang.to(tokens.dtype)], dim=1)
+        tokens = tokens + self.position.to(tokens.dtype)
+        return Conditioning(tokens=tokens, pooled=tokens.flatten(1))

@@ -1,0 +1,132 @@
+"""Camera encoder: CNN trunk + spatial-softmax keypoints, the diffusion-policy recipe.
+
+ResNet-18 normally carries BatchNorm, whose running statistics drift badly when a policy trains
+from scratch with small batches and EMA weights; GroupNorm has no running statistics, so it is
+swapped in (as diffusion_policy does). Spatial softmax turns each feature map into the expected
+image coordinates of K learned keypoints — a compact, position-aware summary that suits control.
+Training crops a random window (data augmentation); inference crops the center.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torchvision
+from torch import nn
+
+from robopolicy.policy.config import VisionConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def resnet18_groupnorm(pretrained_path: str | None = None) -> nn.Module:
+    """ResNet-18 without its pooling / classifier, GroupNorm(16 channels per group) everywhere."""
+    net = torchvision.models.resnet18(weights=None, norm_layer=lambda c: nn.GroupNorm(max(c // 16, 1), c))
+    if pretrained_path:
+        state = torch.load(pretrained_path, map_location="cpu", weights_only=True)
+        net.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
+    return nn.Sequential(*list(net.children())[:-2])  # (B, 512, H/32, W/32)
+
+
+def small_cnn() -> nn.Module:
+    """A light trunk for CPU training: 4 convs, stride 8 overall, 128 channels."""
+
+    def block(cin, cout, stride):
+        return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(8, cout), nn.Mish()]
+
+    return nn.Sequential(*block(3, 32, 2), *block(32, 64, 2), *block(64, 128, 2), *block(128, 128, 1))
+
+
+class SpatialSoftmax(nn.Module):
+    """(B, C, H, W) feature map -> (B, 2K) expected (x, y) of K learned keypoints in [-1, 1]."""
+
+    def __init__(self, in_channels: int, num_keypoints: int):
+        super().__init__()
+        self.keypoints = nn.Conv2d(in_channels, num_keypoints, kernel_size=1)
+        self.num_keypoints = num_keypoints
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        maps = self.keypoints(features)
+        b, k, h, w = maps.shape
+        ys = torch.linspace(-1.0, 1.0, h, device=maps.device, dtype=maps.dtype)
+        xs = torch.linspace(-1.0, 1.0, w, device=maps.device, dtype=maps.dtype)
+        attention = torch.softmax(maps.reshape(b, k, h * w).float(), dim=-1).view(b, k, h, w).to(maps.dtype)
+        x = (attention.sum(dim=2) * xs).sum(dim=-1)
+        y = (attention.sum(dim=3) * ys).sum(dim=-1)
+        return torch.stack([x, y], dim=-1).reshape(b, 2 * k)
+
+
+class CameraEncoder(nn.Module):
+    """Trunk + keypoints + projection: one image -> one token of width `dim`."""
+
+    def __init__(self, cfg: VisionConfig, crop_hw: tuple[int, int], dim: int):
+        super().__init__()
+        if cfg.backbone == "resnet18":
+            self.trunk, channels = resnet18_groupnorm(cfg.pretrained_path), 512
+        else:
+            self.trunk, channels = small_cnn(), 128
+        self.pool = SpatialSoftmax(channels, cfg.num_keypoints)
+        self.project = nn.Sequential(nn.Linear(2 * cfg.num_keypoints, dim), nn.Mish(), nn.Linear(dim, dim))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.project(self.pool(self.trunk(images)))
+
+
+class VisionEncoder(nn.Module):
+    """All cameras, all observation steps: (B, T, 3, H, W) per camera -> (B, T, n_cameras, dim)."""
+
+    def __init__(self, cfg: VisionConfig, camera_keys: list[str], image_hw: tuple[int, int], dim: int):
+        super().__init__()
+        self.camera_keys = list(camera_keys)
+        h, w = image_hw
+        self.crop_hw = (max(8, int(round(h * cfg.crop_ratio))), max(8, int(round(w * cfg.crop_ratio))))
+        if cfg.shared:
+            self.shared = CameraEncoder(cfg, self.crop_hw, dim)
+            self.per_camera = None
+        else:
+            self.shared = None
+            self.per_camera = nn.ModuleList([CameraEncoder(cfg, self.crop_hw, dim) for _ in camera_keys])
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def crop(self, x: torch.Tensor, random: bool) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, 3, ch, cw): a random window per image in training, else the center."""
+        n, _, h, w = x.shape
+        ch, cw = self.crop_hw
+        if (ch, cw) == (h, w):
+            return x
+        if not random:
+            top, left = (h - ch) // 2, (w - cw) // 2
+            return x[:, :, top:top + ch, left:left + cw]
+        top = torch.randint(0, h - ch + 1, (n,), device=x.device)
+        left = torch.randint(0, w - cw + 1, (n,), device=x.device)
+        rows = (top[:, None] + torch.arange(ch, device=x.device))[:, :, None]  # (N, ch, 1)
+        cols = (left[:, None] + torch.arange(cw, device=x.device))[:, None, :]  # (N, 1, cw)
+        idx = torch.arange(n, device=x.device)[:, None, None]
+        return x.permute(0, 2, 3, 1)[idx, rows, cols].permute(0, 3, 1, 2)
+
+    def forward(self, images: dict[str, torch.Tensor]) -> torch.Tensor:
+        first = images[self.camera_keys[0]]
+        b, t = first.shape[:2]
+        if self.shared is not None:
+            # one pass over every image of every camera: (B * T * n_cams, 3, H, W)
+            stacked = torch.stack([images[k] for k in self.camera_keys], dim=2)  # (B, T, n, 3, H, W)
+            flat = self._prepare(stacked.flatten(0, 2))
+            tokens = self.shared(flat)
+            return tokens.view(b, t, len(self.camera_keys), -1)
+        outs = []
+        for key, enc in zip(self.camera_keys, self.per_camera):
+            outs.append(enc(self._prepare(images[key].flatten(0, 1))).view(b, t, -1))
+        return torch.stack(outs, dim=2)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.crop(x, random=self.training)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+def feature_map_size(size: int, backbone: str) -> int:
+    stride = 32 if backbone == "resnet18" else 8
+    return math.ceil(size / stride)

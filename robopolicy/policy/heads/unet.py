@@ -1,0 +1,81 @@
+"""1D temporal U-Net denoiser with FiLM conditioning (diffusion_policy's ConditionalUnet1D).
+
+The action chunk is a (A channels x H steps) signal. Convolutions over time give the smoothness
+prior that makes diffusion policies produce coherent trajectories; every residual block is
+modulated (scale and shift, "FiLM") by the noise level and the observation's pooled vector.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from robopolicy.policy.config import DenoiserConfig
+from robopolicy.policy.encoders.base import Conditioning
+from robopolicy.policy.heads.common import SinusoidalEmbedding
+
+
+class ConvBlock(nn.Sequential):
+    def __init__(self, cin: int, cout: int, kernel: int, groups: int):
+        super().__init__(nn.Conv1d(cin, cout, kernel, padding=kernel // 2), nn.GroupNorm(groups, cout), nn.Mish())
+
+
+class FiLMResidualBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, cond_dim: int, kernel: int, groups: int):
+        super().__init__()
+        self.first = ConvBlock(cin, cout, kernel, groups)
+        self.second = ConvBlock(cout, cout, kernel, groups)
+        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * cout))
+        self.skip = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.first(x)
+        scale, shift = rearrange(self.film(cond), "b (two c) -> two b c 1", two=2)
+        h = self.second(h * scale + shift)
+        return h + self.skip(x)
+
+
+class UNet1D(nn.Module):
+    def __init__(self, cfg: DenoiserConfig, action_dim: int, horizon: int, cond_dim: int, time_dim: int = 128):
+        super().__init__()
+        dims = list(cfg.unet_dims)
+        factor = 2 ** (len(dims) - 1)
+        if horizon % factor:
+            raise ValueError(f"the U-Net with {len(dims)} levels needs a horizon divisible by {factor}, got {horizon}")
+        k, g = cfg.kernel_size, cfg.n_groups
+        self.time = nn.Sequential(SinusoidalEmbedding(time_dim), nn.Linear(time_dim, 4 * time_dim), nn.Mish(),
+                                  nn.Linear(4 * time_dim, time_dim))
+        c = time_dim + cond_dim
+        self.down = nn.ModuleList()
+        cin = action_dim
+        for i, d in enumerate(dims):
+            last = i == len(dims) - 1
+            self.down.append(nn.ModuleList([
+                FiLMResidualBlock(cin, d, c, k, g), FiLMResidualBlock(d, d, c, k, g),
+                nn.Conv1d(d, d, 3, stride=2, padding=1) if not last else nn.Identity()]))
+            cin = d
+        self.mid = nn.ModuleList([FiLMResidualBlock(dims[-1], dims[-1], c, k, g),
+                                  FiLMResidualBlock(dims[-1], dims[-1], c, k, g)])
+        self.up = nn.ModuleList()
+        for i, (d_out, d_in) in enumerate(zip(reversed(dims[:-1]), reversed(dims[1:]))):
+            self.up.append(nn.ModuleList([
+                FiLMResidualBlock(2 * d_in, d_out, c, k, g), FiLMResidualBlock(d_out, d_out, c, k, g),
+                nn.ConvTranspose1d(d_out, d_out, 4, stride=2, padding=1)]))
+        self.final = nn.Sequential(ConvBlock(dims[0], dims[0], k, g), nn.Conv1d(dims[0], action_dim, 1))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """x (B, H, A) noisy actions, t (B,) noise level -> (B, H, A)."""
+        c = torch.cat([self.time(t).to(cond.pooled.dtype), cond.pooled], dim=-1)
+        h = rearrange(x, "b h a -> b a h")
+        skips = []
+        for block1, block2, downsample in self.down:
+            h = block2(block1(h, c), c)
+            skips.append(h)
+            h = downsample(h)
+        for block in self.mid:
+            h = block(h, c)
+        for block1, block2, upsample in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = upsample(block2(block1(h, c), c))
+        return rearrange(self.final(h), "b a h -> b h a")

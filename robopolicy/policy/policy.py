@@ -1,0 +1,269 @@
+"""Policy = normalizer + observation encoder + action head.
+
+    policy = Policy.from_dataset(config, dataset)     # shapes and stats from the training data
+    losses = policy(batch)                             # training: normalized inside
+    chunk = policy.predict_chunk(observation)          # (H', A) numpy, robot units, actions for t, t+1, ...
+    policy.save("ckpt"); Policy.load("ckpt")           # config.json + model.safetensors + stats.json
+
+A checkpoint folder is self-sufficient: config.json holds the `PolicySpec` (config plus the
+feature shapes it was trained on) and model.safetensors every weight, the normalization buffers
+included. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from robopolicy.data.normalizer import Normalizer
+from robopolicy.errors import CheckpointError, ConfigError, ObservationError
+from robopolicy.fileio import atomic_directory, sha256_files
+from robopolicy.policy.config import FeatureSpec, PolicyConfig, PolicySpec
+from robopolicy.policy.encoders.observation import ObservationEncoder
+from robopolicy.policy.heads import HEADS
+from robopolicy.structs import from_dict, to_dict
+
+CHECKPOINT_FORMAT = "robopolicy.policy"
+CHECKPOINT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+STATS_FILE = "stats.json"
+
+
+def build_encoder(spec: PolicySpec) -> nn.Module:
+    if spec.config.encoder.type == "vlm":
+        from robopolicy.policy.encoders.vlm import VLMEncoder
+
+        return VLMEncoder(spec)
+    return ObservationEncoder(spec)
+
+
+class Policy(nn.Module):
+    def __init__(self, spec: PolicySpec, stats: Mapping[str, Mapping[str, np.ndarray]] | None = None):
+        super().__init__()
+        self.spec = spec
+        cfg = spec.config
+        modes = {k: cfg.state_norm for k in spec.keys("state")}
+        modes["action"] = cfg.action_normalization
+        dims = {k: spec.shape(k)[0] for k in modes}
+        try:
+            self.normalizer = Normalizer(modes, dims, stats)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        self.encoder = build_encoder(spec)
+        self.head = HEADS[cfg.head](cfg, spec.action_dim, pooled_dim=self.encoder.pooled_dim,
+                                    token_dim=self.encoder.dim)
+        self.stats = {k: {s: np.asarray(v).tolist() for s, v in stats[k].items()} for k in modes} if stats else None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dataset(cls, config: PolicyConfig, dataset) -> "Policy":
+        """Feature shapes, fps, tasks and normalization statistics come from a LeRobotDataset."""
+        enc = config.encoder
+        cameras = dataset.camera_keys if enc.cameras is None else list(enc.cameras)
+        for key in [*cameras, *enc.state_keys, "action"]:
+            if key not in dataset.features:
+                raise ConfigError(f"feature {key!r} is not in dataset {dataset.root};"
+                                  f" it has {sorted(k for k in dataset.features)}")
+        features = [FeatureSpec(k, list(dataset.features[k]["shape"]), "state") for k in enc.state_keys]
+        features += [FeatureSpec(k, list(dataset.features[k]["shape"]), "camera") for k in cameras]
+        features.append(FeatureSpec("action", list(dataset.features["action"]["shape"]), "action"))
+        spec = PolicySpec(config=config, features=features, fps=dataset.fps, tasks=list(dataset.tasks),
+                          robot_type=dataset.info.get("robot_type"))
+        return cls(spec, stats=dataset.stats)
+
+    @property
+    def config(self) -> PolicyConfig:
+        return self.spec.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def observation_keys(self) -> list[str]:
+        return self.spec.keys("state") + self.spec.keys("camera")
+
+    @property
+    def chunk_start(self) -> int:
+        """Index of the current step t inside a predicted chunk (1 when chunks start at t-1)."""
+        return -self.config.first_action_offset
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batch: Mapping[str, Any]) -> dict:
+        normalized = self.normalizer.normalize_batch(batch)
+        cond = self.encoder(normalized)
+        return self.head.loss(cond, normalized["action"], batch.get("action_is_pad"))
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def sample_actions(self, batch: Mapping[str, Any], steps: int | None = None, prefix: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """Batched inference: training-format observations -> (B, H', A) actions for t, t+1, ...
+
+        `prefix` (B, K, A), robot units, holds actions already committed for t .. t+K-1.
+        """
+        normalized = self.normalizer.normalize_batch(batch)
+        cond = self.encoder(normalized)
+        head_prefix = head_mask = None
+        if prefix is not None:
+            prefix = torch.as_tensor(prefix, dtype=torch.float32, device=cond.tokens.device)
+            if prefix.dim() == 2:
+                prefix = prefix.unsqueeze(0).expand(cond.batch_size, -1, -1)
+            k = prefix.shape[1]
+            s = self.chunk_start
+            if s + k > self.config.horizon:
+                raise ValueError(f"prefix of {k} steps does not fit in the {self.config.horizon - s} predicted steps")
+            head_prefix = torch.zeros(cond.batch_size, self.config.horizon, self.spec.action_dim, device=prefix.device)
+            head_prefix[:, s:s + k] = self.normalizer.normalize("action", prefix)
+            head_mask = torch.zeros(cond.batch_size, self.config.horizon, dtype=torch.bool, device=prefix.device)
+            head_mask[:, s:s + k] = True
+        actions = self.head.sample(cond, steps=steps, prefix=head_prefix, prefix_mask=head_mask, generator=generator)
+        return self.normalizer.unnormalize("action", actions)[:, self.chunk_start:]
+
+    def observation_batch(self, observation: Mapping[str, Any]) -> dict:
+        """One robot/env observation -> a batch of 1 in training format.
+
+        Values may carry the history axis first — state (T, D), camera (T, H, W, 3) — or be a single
+        step — state (D,), camera (H, W, 3) — which is then repeated T times. Cameras are uint8 RGB
+        (H, W, 3) as envs and robots produce them; floats in [0, 1] are accepted too.
+        """
+        t = self.config.n_obs_steps
+        device = self.device
+        batch: dict[str, Any] = {}
+        for key in self.spec.keys("state"):
+            value = _require(observation, key)
+            array = np.asarray(value, dtype=np.float32)
+            dim = self.spec.shape(key)[0]
+            if array.ndim == 1:
+                array = np.repeat(array[None], t, axis=0)
+            if array.shape != (t, dim):
+                raise ObservationError(f"observation {key!r} has shape {np.shape(value)}; the policy expects ({dim},)"
+                                       f" or ({t}, {dim})")
+            if not np.isfinite(array).all():
+                raise ObservationError(f"observation {key!r} contains NaN or inf")
+            batch[key] = torch.from_numpy(array).to(device)[None]
+        for key in self.spec.keys("camera"):
+            value = _require(observation, key)
+            array = np.asarray(value)
+            h, w, c = self.spec.shape(key)
+            if array.shape == (h, w, c):
+                array = np.repeat(array[None], t, axis=0)
+            if array.shape != (t, h, w, c):
+                raise ObservationError(f"camera {key!r} has shape {array.shape}; the policy expects ({h}, {w}, {c})"
+                                       f" or ({t}, {h}, {w}, {c}) RGB")
+            tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+            tensor = tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
+            batch[key] = tensor.permute(0, 3, 1, 2)[None]
+        task = observation.get("task") or (self.spec.tasks[0] if self.spec.tasks else "")
+        batch["task"] = [task]
+        return batch
+
+    @torch.no_grad()
+    def predict_chunk(self, observation: Mapping[str, Any], steps: int | None = None, prefix: np.ndarray | None = None,
+                      generator: torch.Generator | None = None) -> np.ndarray:
+        """(H', A) float32 actions in robot units for steps t, t+1, ... (H' = horizon + action_offset)."""
+        was_training = self.training
+        self.eval()
+        try:
+            actions = self.sample_actions(self.observation_batch(observation), steps=steps,
+                                          prefix=None if prefix is None else torch.as_tensor(prefix)[None],
+                                          generator=generator)
+        finally:
+            self.train(was_training)
+        return actions[0].float().cpu().numpy()
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, directory: str | Path, state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
+        """Write config.json + model.safetensors + stats.json atomically into `directory`.
+
+        `state_dict` overrides the weights written (the trainer passes its EMA weights).
+        """
+        directory = Path(directory)
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in (state_dict or self.state_dict()).items()}
+        with atomic_directory(directory) as tmp:
+            write_policy_files(tmp, self.spec, weights, self.stats)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "Policy":
+        directory = Path(directory)
+        spec = read_spec(directory)
+        policy = cls(spec)
+        try:
+            weights = load_file(str(directory / WEIGHTS_FILE))
+        except FileNotFoundError:
+            raise CheckpointError(f"missing file: {directory / WEIGHTS_FILE}") from None
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{directory / WEIGHTS_FILE}: unreadable ({err})") from None
+        load_weights(policy, weights, directory / WEIGHTS_FILE)
+        stats_path = directory / STATS_FILE
+        if stats_path.is_file():
+            policy.stats = json.loads(stats_path.read_text())
+        return policy.to(device).eval()
+
+
+def write_policy_files(directory: Path, spec: PolicySpec, weights: Mapping[str, torch.Tensor],
+                       stats: Mapping | None) -> None:
+    config = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "spec": to_dict(spec)}
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    save_file(dict(weights), str(directory / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
+    if stats is not None:
+        (directory / STATS_FILE).write_text(json.dumps(stats, indent=1))
+
+
+def read_spec(directory: Path) -> PolicySpec:
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {directory}")
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"missing file: {path} (is {directory} a robopolicy checkpoint?)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err.msg})") from None
+    if data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a robopolicy policy checkpoint (format {data.get('format')!r})")
+    if data.get("version", 0) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {data['version']} is newer than this robopolicy reads")
+    try:
+        return from_dict(PolicySpec, data["spec"])
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+
+
+def load_weights(policy: nn.Module, weights: Mapping[str, torch.Tensor], where: Path) -> None:
+    """Strict load with a one-line explanation of the first mismatch."""
+    expected = policy.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    if missing:
+        raise CheckpointError(f"{where}: weights do not match config.json: parameter {missing[0]!r} is missing"
+                              f" ({len(missing)} missing)")
+    if unexpected:
+        raise CheckpointError(f"{where}: weights do not match config.json: unexpected parameter {unexpected[0]!r}"
+                              f" ({len(unexpected)} unexpected)")
+    for key, value in weights.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise CheckpointError(f"{where}: parameter {key!r} has shape {list(value.shape)} in the file but"
+                                  f" {list(expected[key].shape)} in the model built from config.json")
+    policy.load_state_dict(weights, strict=True)
+
+
+def checkpoint_hash(directory: str | Path) -> str:
+    """Content hash of a policy checkpoint (config + weights), recorded by evaluations."""
+    directory = Path(directory)
+    return sha256_files([directory / CONFIG_FILE, directory / WEIGHTS_FILE])
+
+
+def _require(observation: Mapping[str, Any], key: str) -> Any:
+    if key not in observation:
+        raise ObservationError(f"observation is missing {key!r}; it has {sorted(k for k in observation)}")
+    return observation[key]
