@@ -18,6 +18,9 @@ def test_roundtrip_and_constant_dimensions(mode):
     assert torch.isfinite(y).all()
     assert torch.allclose(y[:, 2], torch.zeros(200))
     assert torch.allclose(norm.unnormalize("action", y), t, atol=1e-5)
+    # whatever a network outputs for the constant dimension, the constant comes back
+    noisy = y + torch.randn_like(y)
+    assert torch.equal(norm.unnormalize("action", noisy)[:, 2], torch.zeros(200))
     if mode == "min_max":
         assert y.min() >= -1 - 1e-5 and y.max() <= 1 + 1e-5
     else:

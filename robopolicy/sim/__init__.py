@@ -1,0 +1,1 @@
+"""Simulation: gymnasium envs whose observation keys are LeRobot feature names, scripted experts."""

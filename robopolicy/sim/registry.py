@@ -1,0 +1,61 @@
+"""Env registry: configs and the CLI name tasks by string, e.g. "robosuite/Lift" or "tabletop/pick".
+
+    env = make_env("robosuite/Lift", images=True, image_size=84)
+    expert = make_expert("robosuite/Lift", env)
+
+Every env follows the gymnasium API (`reset(seed=...)`, `step(action)`) with observation keys that
+are dataset feature names and `info["is_success"]`; each has a `task` string (its instruction) and
+a `features` dict in LeRobot's format, so a collector can create a dataset without knowing the env.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from robopolicy.errors import EnvError
+
+
+@dataclass(frozen=True)
+class EnvEntry:
+    name: str
+    make: Callable[..., object]
+    expert: Callable[[object], object]
+    description: str
+
+
+_REGISTRY: dict[str, EnvEntry] = {}
+
+
+def register(name: str, make: Callable[..., object], expert: Callable[[object], object], description: str) -> None:
+    _REGISTRY[name] = EnvEntry(name, make, expert, description)
+
+
+def _load_builtin() -> None:
+    if _REGISTRY:
+        return
+    from robopolicy.sim import robosuite_env  # noqa: F401  (registers robosuite/*)
+
+
+def env_names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def entry(name: str) -> EnvEntry:
+    _load_builtin()
+    if name not in _REGISTRY:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise EnvError(f"unknown env {name!r}{hint}; registered: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def make_env(name: str, **kwargs):
+    return entry(name).make(**kwargs)
+
+
+def make_expert(name: str, env):
+    return entry(name).expert(env)

@@ -1,0 +1,123 @@
+"""Policy objects: every head predicts chunks in robot units, saves, loads, and refuses bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import LIFT_VIDEO
+from robopolicy.data.dataset import LeRobotDataset
+from robopolicy.errors import CheckpointError, ObservationError
+from robopolicy.policy.config import EncoderConfig, PolicyConfig, VisionConfig
+from robopolicy.policy.encoders.text import TextEncoder
+from robopolicy.policy.policy import Policy
+from robopolicy.data.windows import WindowedDataset, WindowSpec
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return LeRobotDataset(LIFT_VIDEO)
+
+
+def small_config(head, **kw):
+    enc = EncoderConfig(dim=32, vision=VisionConfig(backbone="small_cnn", num_keypoints=8), **kw.pop("encoder", {}))
+    cfg = PolicyConfig(head=head, encoder=enc, **kw)
+    cfg.denoiser.unet_dims = [32, 64]
+    cfg.act.dim, cfg.act.ff_dim, cfg.act.encoder_layers, cfg.act.vae_encoder_layers = 32, 64, 1, 1
+    return cfg
+
+
+def observation(ds, row, n_obs_steps):
+    obs = {"observation.state": ds.columns["observation.state"][row - n_obs_steps + 1:row + 1]}
+    for key in ds.camera_keys:
+        obs[key] = ds.frames(key, np.arange(row - n_obs_steps + 1, row + 1))
+    return obs
+
+
+@pytest.mark.parametrize("head", ["diffusion", "flow", "act"])
+def test_predict_save_load_roundtrip(dataset, tmp_path, head):
+    torch.manual_seed(0)
+    policy = Policy.from_dataset(small_config(head), dataset)
+    windows = WindowedDataset(dataset, WindowSpec(2, 16, policy.config.first_action_offset).deltas(policy.observation_keys))
+    losses = policy(windows.get_batch([5, 50, 500]))
+    assert torch.isfinite(losses["loss"]) and losses["loss"].requires_grad
+    obs = observation(dataset, 100, 2)
+    chunk = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(3))
+    expected_len = 16 + policy.config.first_action_offset
+    assert chunk.shape == (expected_len, 7) and chunk.dtype == np.float32
+    # untrained but normalized: actions land near the data's range, in robot units
+    assert np.abs(chunk).max() < 10
+    policy.save(tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors", "stats.json"]
+    loaded = Policy.load(tmp_path / "ckpt")
+    again = loaded.predict_chunk(obs, generator=torch.Generator().manual_seed(3))
+    assert np.array_equal(chunk, again)
+    # single-frame observations are repeated over the history
+    single = {k: v[-1] for k, v in obs.items()}
+    assert loaded.predict_chunk(single).shape == chunk.shape
+
+
+def test_rotation_dims_with_zero_std_come_back_exactly_zero(dataset):
+    policy = Policy.from_dataset(small_config("flow"), dataset)
+    chunk = policy.predict_chunk(observation(dataset, 40, 2))
+    assert np.all(chunk[:, 3:6] == 0.0)  # constant in the data -> constant in the output, no NaN
+
+
+@pytest.mark.parametrize("head", ["diffusion", "flow"])
+def test_prefix_fixes_committed_actions(dataset, head):
+    policy = Policy.from_dataset(small_config(head), dataset)
+    prefix = dataset.columns["action"][100:104]
+    chunk = policy.predict_chunk(observation(dataset, 100, 2), prefix=prefix)
+    assert np.allclose(chunk[:4], prefix, atol=1e-5)
+    free = policy.predict_chunk(observation(dataset, 100, 2))
+    assert not np.allclose(free[:4], prefix, atol=1e-3)
+
+
+def test_bad_observations_are_rejected(dataset):
+    policy = Policy.from_dataset(small_config("diffusion"), dataset)
+    obs = observation(dataset, 100, 2)
+    with pytest.raises(ObservationError, match="missing 'observation.images.wrist'"):
+        policy.predict_chunk({k: v for k, v in obs.items() if k != "observation.images.wrist"})
+    with pytest.raises(ObservationError, match=r"'observation.state' has shape \(8,\)"):
+        policy.predict_chunk({**obs, "observation.state": np.zeros(8)})
+    with pytest.raises(ObservationError, match="camera 'observation.images.agentview' has shape"):
+        policy.predict_chunk({**obs, "observation.images.agentview": np.zeros((64, 64, 3), np.uint8)})
+    with pytest.raises(ObservationError, match="NaN"):
+        policy.predict_chunk({**obs, "observation.state": np.full(9, np.nan)})
+
+
+def test_mismatched_checkpoints_fail_clearly(dataset, tmp_path):
+    policy = Policy.from_dataset(small_config("diffusion"), dataset)
+    policy.save(tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match="checkpoint folder not found"):
+        Policy.load(tmp_path / "missing")
+    config = json.loads((tmp_path / "ckpt/config.json").read_text())
+    config["spec"]["config"]["denoiser"]["unet_dims"] = [32, 128]
+    (tmp_path / "ckpt/config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"parameter '.*' has shape \[.*\] in the file but \[.*\] in the model"):
+        Policy.load(tmp_path / "ckpt")
+    policy.save(tmp_path / "ckpt")
+    weights = load_file(str(tmp_path / "ckpt/model.safetensors"))
+    weights.pop(next(iter(weights)))
+    save_file(weights, str(tmp_path / "ckpt/model.safetensors"))
+    with pytest.raises(CheckpointError, match="is missing"):
+        Policy.load(tmp_path / "ckpt")
+    (tmp_path / "ckpt/model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        Policy.load(tmp_path / "ckpt")
+
+
+def test_language_encoder_is_pretrained_cached_and_in_the_policy(dataset):
+    text = TextEncoder()
+    emb = text(["lift the red cube", "push the blue cube to the left", "lift the red cube"])
+    assert emb.shape == (3, 384) and text.cached == 2
+    assert torch.allclose(emb[0], emb[2])
+    sims = emb @ emb.T
+    assert sims[0, 1] < 0.9  # a real sentence model tells these instructions apart
+    related = text(["lift the red block"])[0]
+    assert float(related @ emb[0]) > float(emb[1] @ emb[0])
+    policy = Policy.from_dataset(small_config("flow", encoder={"language": True}), dataset)
+    assert not any("bert" in k or "embeddings.word" in k for k in policy.state_dict())  # frozen model not saved
+    assert policy.encoder.num_tokens == 2 * 3 + 1
