@@ -105,6 +105,68 @@ def cmd_train(args: argparse.Namespace) -> int:
               f" final loss {result.final_loss:.4f}")
         print(f"checkpoint: {result.checkpoint}")
         print(f"run folder: {result.run_dir} (config.yaml, metrics.jsonl, loss.png, summary.json)")
+        if cfg.eval.env and not args.no_eval:
+            from robopolicy.evaluate.evaluator import evaluate
+
+            report = evaluate(result.checkpoint, cfg.eval.env, cfg.eval, result.run_dir / "eval" / "final")
+            print_eval(report)
+    return 0
+
+
+def print_eval(report) -> None:
+    s = report.summary
+    lo, hi = s["ci95"]
+    print(f"success rate {s['success_rate']:.1%} ({s['successes']}/{s['episodes']}, 95% CI {lo:.1%}-{hi:.1%})"
+          f" on {s['env']}, mean episode length {s['mean_episode_length']:.0f} steps")
+    if s["failed_runs"]:
+        print(f"{len(s['failed_runs'])} episode(s) crashed and were counted as failures (see eval.json)")
+    print(f"report: {report.out_dir / 'eval.json'}, plot: {report.out_dir / 'summary.png'}")
+    if s["videos"]:
+        print(f"videos: {Path(s['videos'][0]).parent} ({len(s['videos'])} mp4)")
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from robopolicy.sim.collect import collect
+
+    result = collect(args.env, args.episodes, args.out, images=args.images, image_size=args.image_size,
+                     workers=args.workers, seed=args.seed, keep_failed=args.keep_failed, max_steps=args.max_steps,
+                     video_codec=args.codec, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"wrote {result.root}: {result.kept} episodes, {result.frames} frames"
+          f" (expert success {result.successes}/{result.attempted})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from robopolicy.evaluate.config import EvalConfig
+    from robopolicy.evaluate.evaluator import evaluate
+    from robopolicy.structs import from_dict
+
+    cfg = from_dict(EvalConfig, {
+        "env": args.env, "episodes": args.episodes, "workers": args.workers, "seed": args.seed,
+        "inference_steps": args.inference_steps, "n_action_steps": args.n_action_steps,
+        "execution": args.execution, "weights": args.weights, "max_steps": args.max_steps, "videos": args.videos})
+    out = args.out or Path(args.checkpoint).resolve().parent.parent / "eval" / Path(args.checkpoint).resolve().name
+    print_eval(evaluate(args.checkpoint, args.env, cfg, out, progress=not args.no_progress))
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from robopolicy.quickstart import quickstart
+
+    out = quickstart(args.config, args.overrides)
+    t = out["timings"]
+    print_eval(out["report"])
+    print(f"checkpoint: {out['train'].checkpoint}  (loss curve: {out['train'].run_dir / 'loss.png'})")
+    print(f"time: collect {t['collect_s']:.0f} s, train {t['train_s']:.0f} s, evaluate {t['eval_s']:.0f} s,"
+          f" total {t['total_s'] / 60:.1f} min")
+    return 0
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    from robopolicy.sim.registry import entry, env_names
+
+    for name in env_names():
+        print(f"{name:<28} {entry(name).description}")
     return 0
 
 
@@ -161,8 +223,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="experiment YAML, e.g. configs/lift_lowdim_diffusion.yaml")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                    help="continue the run from its last checkpoint (RUN_DIR defaults to the config's run folder)")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. train.steps=500")
     p.set_defaults(func=cmd_train)
+
+    p = verbs.add_parser("quickstart", help="collect demos -> train -> evaluate on the built-in default (CPU, minutes)")
+    p.add_argument("--config", type=Path, default=None, help="default: configs/quickstart_lift_lowdim.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    p.set_defaults(func=cmd_quickstart)
+
+    p = verbs.add_parser("envs", help="list the registered simulation tasks")
+    p.set_defaults(func=cmd_envs)
+
+    p = verbs.add_parser("collect", help="scripted-expert demonstrations -> LeRobot v3.0 dataset")
+    p.add_argument("--env", required=True, help="registered env, e.g. robosuite/Lift (see `robopolicy envs`)")
+    p.add_argument("--episodes", type=int, default=50, help="episodes to keep")
+    p.add_argument("--out", required=True, help="dataset folder to create")
+    p.add_argument("--images", action="store_true", help="record camera images (video) as well as low-dim state")
+    p.add_argument("--image-size", type=int, default=84)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="first episode seed (evaluation uses 100000 and up)")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--keep-failed", action="store_true", help="also keep episodes where the expert failed")
+    p.add_argument("--codec", choices=["av1", "h264"], default="av1")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_collect)
+
+    p = verbs.add_parser("eval", help="evaluate a checkpoint in simulation (success rate, videos, eval.json)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder, e.g. runs/NAME/checkpoints/last")
+    p.add_argument("--env", required=True)
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=100_000, help="first episode seed")
+    p.add_argument("--inference-steps", type=int, default=None, help="diffusion / flow steps (default: the policy's)")
+    p.add_argument("--n-action-steps", type=int, default=None, help="actions executed per chunk")
+    p.add_argument("--execution", choices=["receding", "ensemble"], default="receding")
+    p.add_argument("--weights", choices=["ema", "raw"], default="ema")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--videos", type=int, default=4, help="episodes to save as mp4 (successes and failures)")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default RUN/eval/<checkpoint name>)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -23,9 +23,22 @@ from robopolicy.train.config import DataConfig, TrainConfig, WandbConfig
 
 
 @dataclass
+class CollectConfig:
+    """Demonstrations to generate when data.path does not exist yet (used by `robopolicy quickstart`)."""
+
+    env: str | None = None
+    episodes: int = 50
+    images: bool = False
+    image_size: int = 84
+    workers: int = 2
+    seed: int = 0
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     output_dir: str = "runs"  # the run folder is <output_dir>/<name>
+    collect: CollectConfig = field(default_factory=CollectConfig)
     data: DataConfig = field(default_factory=DataConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

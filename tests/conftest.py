@@ -5,11 +5,18 @@ import shutil
 from pathlib import Path
 
 import pytest
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("MUJOCO_GL", "egl")
+# tests/plugins/toy_env.py registers "test/reach", a fast env for the collect / eval machinery;
+# PYTHONPATH makes it importable in the spawned worker processes too.
+_PLUGINS = str(Path(__file__).resolve().parent / "plugins")
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_PLUGINS, os.environ.get("PYTHONPATH")]))
+os.environ["ROBOPOLICY_PLUGINS"] = "toy_env"
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "plugins"))
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("ROBOPOLICY_FIXTURES", REPO.parent / "shared" / "fixtures"))
 LIFT_VIDEO = FIXTURES / "lerobot_lift_v3"

@@ -193,17 +193,26 @@ class Policy(nn.Module):
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "Policy":
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu", weights: str = "ema") -> "Policy":
+        """Rebuild a policy from a checkpoint folder.
+
+        weights="ema" reads model.safetensors (the exported weights: the EMA when training used one);
+        weights="raw" reads the optimizer's own weights from a training checkpoint's training_state/.
+        """
         directory = Path(directory)
         spec = read_spec(directory)
         policy = cls(spec)
+        files = {"ema": directory / WEIGHTS_FILE, "raw": directory / "training_state" / "raw_model.safetensors"}
+        if weights not in files:
+            raise CheckpointError(f"weights must be 'ema' or 'raw', got {weights!r}")
+        path = files[weights]
         try:
-            weights = load_file(str(directory / WEIGHTS_FILE))
+            state = load_file(str(path))
         except FileNotFoundError:
-            raise CheckpointError(f"missing file: {directory / WEIGHTS_FILE}") from None
+            raise CheckpointError(f"missing file: {path}") from None
         except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{directory / WEIGHTS_FILE}: unreadable ({err})") from None
-        load_weights(policy, weights, directory / WEIGHTS_FILE)
+            raise CheckpointError(f"{path}: unreadable ({err})") from None
+        load_weights(policy, state, path)
         stats_path = directory / STATS_FILE
         if stats_path.is_file():
             policy.stats = json.loads(stats_path.read_text())

@@ -6,6 +6,10 @@
 Every env follows the gymnasium API (`reset(seed=...)`, `step(action)`) with observation keys that
 are dataset feature names and `info["is_success"]`; each has a `task` string (its instruction) and
 a `features` dict in LeRobot's format, so a collector can create a dataset without knowing the env.
+
+Your own envs: put `register(...)` calls in a module and name it in the environment variable
+ROBOPOLICY_PLUGINS (comma-separated module names). The registry imports those modules too — in
+every process, including the spawned collection and evaluation workers.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class EnvEntry:
 
 
 _REGISTRY: dict[str, EnvEntry] = {}
+_loaded = False
 
 
 def register(name: str, make: Callable[..., object], expert: Callable[[object], object], description: str) -> None:
@@ -32,9 +37,21 @@ def register(name: str, make: Callable[..., object], expert: Callable[[object], 
 
 
 def _load_builtin() -> None:
-    if _REGISTRY:
+    global _loaded
+    if _loaded:
         return
+    _loaded = True
+    import importlib
+    import os
+
     from robopolicy.sim import robosuite_env  # noqa: F401  (registers robosuite/*)
+    from robopolicy.sim import tabletop  # noqa: F401  (registers tabletop/*)
+
+    for module in filter(None, (m.strip() for m in os.environ.get("ROBOPOLICY_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise EnvError(f"ROBOPOLICY_PLUGINS names {module!r}, which cannot be imported: {err}") from None
 
 
 def env_names() -> list[str]:

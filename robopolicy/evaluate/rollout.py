@@ -1,0 +1,82 @@
+"""One evaluation episode: a policy's chunk executor driving an env from a fixed seed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class EpisodeResult:
+    seed: int
+    success: bool
+    length: int
+    first_success_step: int | None
+    inferences: int
+    seconds: float
+    task: str = ""
+    video: str | None = None
+    error: str | None = None
+    attempts: int = 1
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class VideoQuota:
+    """Record videos until `successes` successful and `failures` failed episodes are on disk."""
+
+    successes: int
+    failures: int
+    recorded: dict = field(default_factory=lambda: {True: 0, False: 0})
+
+    @property
+    def wants_more(self) -> bool:
+        return self.recorded[True] < self.successes or self.recorded[False] < self.failures
+
+    def keep(self, success: bool) -> bool:
+        limit = self.successes if success else self.failures
+        if self.recorded[success] < limit:
+            self.recorded[success] += 1
+            return True
+        return False
+
+
+def run_episode(env, executor, seed: int, max_steps: int | None = None, record: bool = False,
+                video_dir: Path | None = None, fps: int = 20, options: dict | None = None) -> tuple[EpisodeResult, list]:
+    """Roll out until success or the step limit. Returns the result and the rendered frames (if `record`)."""
+    start = time.perf_counter()
+    obs, _ = env.reset(seed=seed, options=options) if options else env.reset(seed=seed)
+    executor.reset(seed)
+    frames = [env.render()] if record else []
+    limit = max_steps or env.max_steps
+    success, first = False, None
+    steps = 0
+    for steps in range(1, limit + 1):
+        action = executor.act({**obs, "task": env.task})
+        obs, _, terminated, truncated, info = env.step(np.asarray(action, dtype=np.float32))
+        if record:
+            frames.append(env.render())
+        if info.get("is_success"):
+            success, first = True, steps
+        if terminated or truncated:
+            break
+    result = EpisodeResult(seed=seed, success=success, length=steps, first_success_step=first,
+                           inferences=executor.inferences, seconds=time.perf_counter() - start, task=env.task)
+    return result, frames
+
+
+def write_video(frames: list, path: Path, fps: int = 20) -> Path:
+    """H.264 mp4 (plays in browsers and notebooks); frames are uint8 (H, W, 3), even sizes."""
+    from robopolicy.data.video import VideoEncoder
+
+    h, w = frames[0].shape[:2]
+    encoder = VideoEncoder(path, fps=fps, width=w - w % 2, height=h - h % 2, codec="h264", crf=23, gop=30)
+    for frame in frames:
+        encoder.write(np.ascontiguousarray(frame[: h - h % 2, : w - w % 2]))
+    encoder.close()
+    return path

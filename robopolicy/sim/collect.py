@@ -1,0 +1,179 @@
+"""`robopolicy collect`: scripted-expert demonstrations written as a LeRobot v3.0 dataset.
+
+Worker processes each own an env and its expert and run whole episodes for the seeds they are
+handed; the parent writes finished episodes in seed order, so the dataset is the same whatever the
+number of workers. Frame t holds the observation before action t. An episode ends a few steps
+after success (the expert keeps holding), or at the step limit; failed attempts are dropped unless
+`keep_failed`, and the collector moves on to the next seed until enough episodes are kept.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from robopolicy.errors import EnvError, RobopolicyError
+
+STEPS_AFTER_SUCCESS = 10
+
+
+@dataclass
+class Episode:
+    seed: int
+    success: bool
+    task: str
+    frames: list[dict] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class CollectResult:
+    root: Path
+    kept: int
+    attempted: int
+    successes: int
+    frames: int
+
+
+def run_expert_episode(env, expert, seed: int, max_steps: int | None = None,
+                       options: dict | None = None) -> Episode:
+    obs, _ = env.reset(seed=seed, options=options) if options else env.reset(seed=seed)
+    expert.reset()
+    episode = Episode(seed=seed, success=False, task=env.task)
+    limit = max_steps or env.max_steps
+    after = None
+    for _ in range(limit):
+        action = expert.act(obs)
+        episode.frames.append({**obs, "action": np.asarray(action, dtype=np.float32)})
+        obs, _, _, _, info = env.step(action)
+        if info["is_success"] and after is None:
+            episode.success = True
+            after = 0
+        if after is not None:
+            after += 1
+            if after >= STEPS_AFTER_SUCCESS:
+                break
+    return episode
+
+
+def _worker(env_name: str, env_kwargs: dict, max_steps: int | None, seeds: mp.Queue, results: mp.Queue) -> None:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from robopolicy.sim.registry import make_env, make_expert
+
+    try:
+        env = make_env(env_name, **env_kwargs)
+        expert = make_expert(env_name, env)
+    except Exception as err:  # report set-up failures to the parent instead of dying silently
+        results.put(Episode(seed=-1, success=False, task="", error=f"{type(err).__name__}: {err}"))
+        return
+    while True:
+        seed = seeds.get()
+        if seed is None:
+            break
+        try:
+            results.put(run_expert_episode(env, expert, seed, max_steps))
+        except Exception:
+            results.put(Episode(seed=seed, success=False, task="", error=traceback.format_exc(limit=3)))
+    env.close()
+
+
+def collect(env_name: str, episodes: int, out: str | Path, images: bool = False, image_size: int = 84,
+            workers: int = 1, seed: int = 0, keep_failed: bool = False, max_steps: int | None = None,
+            video_codec: str = "av1", overwrite: bool = False, progress: bool = True,
+            max_attempts: int | None = None) -> CollectResult:
+    """Collect `episodes` episodes from seeds seed, seed+1, ... into a new dataset at `out`."""
+    from robopolicy.data.writer import DatasetWriter
+    from robopolicy.sim.registry import entry, make_env
+
+    entry(env_name)  # unknown names fail here, before any process starts
+    if episodes < 1:
+        raise RobopolicyError(f"--episodes must be >= 1, got {episodes}")
+    env_kwargs = {"images": images, "image_size": image_size}
+    probe = make_env(env_name, **env_kwargs)
+    features, fps = probe.features, int(probe.metadata.get("render_fps", 20))
+    robot_type = getattr(probe, "robot_type", "panda")
+    probe.close()
+    max_attempts = max_attempts or max(3 * episodes, episodes + 10)
+
+    ctx = mp.get_context("spawn")
+    seed_queue: mp.Queue = ctx.Queue()
+    result_queue: mp.Queue = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(env_name, env_kwargs, max_steps, seed_queue, result_queue), daemon=True)
+             for _ in range(max(1, workers))]
+    for p in procs:
+        p.start()
+    next_seed = seed
+    in_flight = 0
+    for _ in range(2 * len(procs)):
+        seed_queue.put(next_seed)
+        next_seed += 1
+        in_flight += 1
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=episodes, desc=f"collect {env_name}", unit="episode", dynamic_ncols=True)
+    finished: dict[int, Episode] = {}
+    next_to_write = seed
+    kept = attempted = successes = frames = 0
+    try:
+        with DatasetWriter(out, fps=fps, features=features, robot_type=robot_type, video_codec=video_codec,
+                           overwrite=overwrite) as writer:
+            while kept < episodes:
+                if in_flight == 0:
+                    raise EnvError(f"{env_name}: only {kept} of {episodes} episodes succeeded in {attempted} attempts"
+                                   f" (pass --keep-failed to keep failed ones)")
+                episode = _next_result(result_queue, procs)
+                if episode.seed < 0:
+                    raise EnvError(f"collect worker could not start {env_name}: {episode.error}")
+                in_flight -= 1
+                finished[episode.seed] = episode
+                # write in seed order so the dataset does not depend on worker timing
+                while next_to_write in finished and kept < episodes:
+                    ep = finished.pop(next_to_write)
+                    next_to_write += 1
+                    attempted += 1
+                    successes += ep.success
+                    if ep.error is not None:
+                        raise EnvError(f"{env_name} seed {ep.seed} crashed: {ep.error.strip().splitlines()[-1]}")
+                    if ep.success or keep_failed:
+                        for frame in ep.frames:
+                            writer.add_frame(frame, task=ep.task)
+                        writer.save_episode()
+                        kept += 1
+                        frames += len(ep.frames)
+                        if bar is not None:
+                            bar.update(1)
+                            bar.set_postfix(success=f"{successes}/{attempted}")
+                while in_flight < 2 * len(procs) and next_seed - seed < max_attempts and \
+                        (next_seed - next_to_write) < episodes - kept + 2 * len(procs):
+                    seed_queue.put(next_seed)
+                    next_seed += 1
+                    in_flight += 1
+    finally:
+        if bar is not None:
+            bar.close()
+        for _ in procs:
+            seed_queue.put(None)
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+    return CollectResult(root=Path(out), kept=kept, attempted=attempted, successes=successes, frames=frames)
+
+
+def _next_result(results: mp.Queue, procs: list) -> Episode:
+    import queue
+
+    while True:
+        try:
+            return results.get(timeout=1.0)
+        except queue.Empty:
+            if not any(p.is_alive() for p in procs):
+                raise EnvError("every collect worker exited unexpectedly (simulator crash?)") from None
