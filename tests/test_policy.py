@@ -121,3 +121,17 @@ def test_language_encoder_is_pretrained_cached_and_in_the_policy(dataset):
     policy = Policy.from_dataset(small_config("flow", encoder={"language": True}), dataset)
     assert not any("bert" in k or "embeddings.word" in k for k in policy.state_dict())  # frozen model not saved
     assert policy.encoder.num_tokens == 2 * 3 + 1
+
+
+def test_denoisers_give_the_same_output_with_conditioning_prepared_once():
+    from robopolicy.policy.config import DenoiserConfig
+    from robopolicy.policy.encoders.base import Conditioning
+    from robopolicy.policy.heads.transformer import TransformerDenoiser
+    from robopolicy.policy.heads.unet import UNet1D
+
+    cond = Conditioning(torch.randn(2, 6, 32), torch.randn(2, 192))
+    x, t = torch.randn(2, 16, 7), torch.tensor([5.0, 80.0])
+    for net in (UNet1D(DenoiserConfig(unet_dims=[32, 64]), 7, 16, 192),
+                TransformerDenoiser(DenoiserConfig(transformer_dim=32, transformer_layers=2), 7, 16, 32)):
+        net.eval()
+        assert torch.allclose(net(x, t, cond), net(x, t, cond, prepared=net.prepare(cond)), atol=1e-5)

@@ -56,11 +56,12 @@ class DiffusionHead(nn.Module):
         x = torch.randn(b, self.horizon, self.action_dim, generator=generator, device=device)
         known, mask = as_prefix_mask(prefix, prefix_mask, x)
         prefix_noise = torch.randn(x.shape, generator=generator, device=device) if known is not None else None
+        prepared = self.denoiser.prepare(cond)
         for t in scheduler.timesteps:
             if known is not None:
                 noisy_known = scheduler.add_noise(known, prefix_noise, t.expand(b))
                 x = torch.where(mask, noisy_known, x)
-            out = self.denoiser(x, t.expand(b).to(device), cond).float()
+            out = self.denoiser(x, t.expand(b).to(device), cond, prepared=prepared).float()
             x = scheduler.step(out, t, x, generator=generator).prev_sample
         if known is not None:
             x = torch.where(mask, known, x)

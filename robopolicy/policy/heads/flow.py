@@ -53,12 +53,13 @@ class FlowHead(nn.Module):
         known, mask = as_prefix_mask(prefix, prefix_mask, noise)
         x = noise
         dt = 1.0 / steps
+        prepared = self.denoiser.prepare(cond)
         for i in range(steps):
             t = 1.0 - i * dt
             if known is not None:
                 x = torch.where(mask, t * noise + (1.0 - t) * known, x)
             time = torch.full((b,), t * TIME_SCALE, device=device)
-            x = x - dt * self.denoiser(x, time, cond).float()
+            x = x - dt * self.denoiser(x, time, cond, prepared=prepared).float()
         if known is not None:
             x = torch.where(mask, known, x)
         return x

@@ -28,8 +28,14 @@ class TransformerDenoiser(nn.Module):
         self.decoder = nn.TransformerDecoder(layer, cfg.transformer_layers)
         self.out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, action_dim))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    def prepare(self, cond: Conditioning) -> torch.Tensor:
+        """Observation tokens projected to the model width: the same at every denoising step."""
+        return self.memory(cond.tokens)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
+                prepared: torch.Tensor | None = None) -> torch.Tensor:
         time = self.time(t).to(x.dtype)  # (B, d)
         queries = self.embed(x) + self.position + time[:, None, :]
-        memory = torch.cat([self.memory(cond.tokens), time[:, None, :].to(cond.tokens.dtype)], dim=1)
+        tokens = prepared if prepared is not None else self.prepare(cond)
+        memory = torch.cat([tokens, time[:, None, :].to(tokens.dtype)], dim=1)
         return self.out(self.decoder(queries, memory))

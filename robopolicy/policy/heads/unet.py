@@ -3,11 +3,17 @@
 The action chunk is a (A channels x H steps) signal. Convolutions over time give the smoothness
 prior that makes diffusion policies produce coherent trajectories; every residual block is
 modulated (scale and shift, "FiLM") by the noise level and the observation's pooled vector.
+
+FiLM is linear in its (Mish-activated) input, so its observation half is the same at every
+denoising step of a chunk: `prepare(cond)` computes it once and `forward(..., prepared=...)` adds
+only the noise-level half per step. Same weights, same result, ~25% less work per step at
+inference, where reading the weights dominates on CPUs.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -29,9 +35,10 @@ class FiLMResidualBlock(nn.Module):
         self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * cout))
         self.skip = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        """`film` is this block's FiLM output (B, 2C), computed by `UNet1D` (see `prepare`)."""
         h = self.first(x)
-        scale, shift = rearrange(self.film(cond), "b (two c) -> two b c 1", two=2)
+        scale, shift = rearrange(film, "b (two c) -> two b c 1", two=2)
         h = self.second(h * scale + shift)
         return h + self.skip(x)
 
@@ -44,6 +51,7 @@ class UNet1D(nn.Module):
         if horizon % factor:
             raise ValueError(f"the U-Net with {len(dims)} levels needs a horizon divisible by {factor}, got {horizon}")
         k, g = cfg.kernel_size, cfg.n_groups
+        self.time_dim = time_dim
         self.time = nn.Sequential(SinusoidalEmbedding(time_dim), nn.Linear(time_dim, 4 * time_dim), nn.Mish(),
                                   nn.Linear(4 * time_dim, time_dim))
         c = time_dim + cond_dim
@@ -64,18 +72,39 @@ class UNet1D(nn.Module):
                 nn.ConvTranspose1d(d_out, d_out, 4, stride=2, padding=1)]))
         self.final = nn.Sequential(ConvBlock(dims[0], dims[0], k, g), nn.Conv1d(dims[0], action_dim, 1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    def blocks(self) -> list[FiLMResidualBlock]:
+        out = []
+        for level in self.down:
+            out += [level[0], level[1]]
+        out += list(self.mid)
+        for level in self.up:
+            out += [level[0], level[1]]
+        return out
+
+    def prepare(self, cond: Conditioning) -> list[torch.Tensor]:
+        """The observation half of every block's FiLM, computed once per chunk."""
+        pooled = cond.pooled
+        return [F.linear(F.mish(pooled), b.film[1].weight[:, self.time_dim:], b.film[1].bias) for b in self.blocks()]
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
+                prepared: list[torch.Tensor] | None = None) -> torch.Tensor:
         """x (B, H, A) noisy actions, t (B,) noise level -> (B, H, A)."""
-        c = torch.cat([self.time(t).to(cond.pooled.dtype), cond.pooled], dim=-1)
+        time = self.time(t).to(cond.pooled.dtype)
+        if prepared is None:
+            films = [b.film(torch.cat([time, cond.pooled], dim=-1)) for b in self.blocks()]
+        else:
+            films = [F.linear(F.mish(time), b.film[1].weight[:, :self.time_dim]) + obs
+                     for b, obs in zip(self.blocks(), prepared)]
+        films = iter(films)
         h = rearrange(x, "b h a -> b a h")
         skips = []
         for block1, block2, downsample in self.down:
-            h = block2(block1(h, c), c)
+            h = block2(block1(h, next(films)), next(films))
             skips.append(h)
             h = downsample(h)
         for block in self.mid:
-            h = block(h, c)
+            h = block(h, next(films))
         for block1, block2, upsample in self.up:
             h = torch.cat([h, skips.pop()], dim=1)
-            h = upsample(block2(block1(h, c), c))
+            h = upsample(block2(block1(h, next(films)), next(films)))
         return rearrange(self.final(h), "b a h -> b h a")
