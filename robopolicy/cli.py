@@ -162,6 +162,82 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_values(items: list[str] | None) -> dict:
+    import yaml
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise RobopolicyError(f"expected key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from robopolicy.deploy.loop import WatchdogConfig
+    from robopolicy.deploy.run import deploy, make_robot
+    from robopolicy.deploy.safety import SafetyConfig
+
+    if bool(args.checkpoint) == bool(args.server):
+        raise RobopolicyError("give exactly one of --checkpoint (local policy) or --server (policy server URL)")
+    if args.checkpoint:
+        from robopolicy.policy.policy import Policy
+
+        policy = Policy.load(args.checkpoint)
+    else:
+        from robopolicy.deploy.client import PolicyClient
+
+        token = args.token or os.environ.get("ROBOPOLICY_TOKEN", "")
+        policy = PolicyClient(args.server, token, timeout_s=args.timeout)
+    robot = make_robot(args.robot, policy, seed=args.seed, robot_config=_key_values(args.robot_config))
+    safety = SafetyConfig(max_delta_fraction=args.max_delta_fraction)
+    watchdog = WatchdogConfig(max_observation_age_s=args.max_observation_age, max_inference_s=args.max_inference_s)
+    report = deploy(policy, robot, hz=args.hz, duration_s=args.duration, max_steps=args.max_steps,
+                    strategy=args.strategy, n_action_steps=args.n_action_steps, inference_steps=args.inference_steps,
+                    safety=safety, watchdog=watchdog, record=args.record, seed=args.seed,
+                    stop_when_done=not args.keep_running)
+    s = report.summary()
+    print(f"stopped: {s['stop_reason']} after {s['steps']} steps at {args.hz:g} Hz"
+          + (f"; task success: {s['success']}" if s["success"] is not None else ""))
+    print(f"loop period error p50 {s['period_error_ms_p50']:.2f} ms, p99 {s['period_error_ms_p99']:.2f} ms;"
+          f" missed actions {s['missed_actions']}, missed deadlines {s['missed_deadlines']}")
+    inf = s["inference"]
+    if inf["latency_ms_p50"] is not None:
+        print(f"inference ({inf['strategy']}): {inf['count']} chunks, latency p50 {inf['latency_ms_p50']:.1f} ms,"
+              f" p99 {inf['latency_ms_p99']:.1f} ms")
+    print(f"safety: {s['safety']['clipped_bounds']} actions clipped to bounds, {s['safety']['clipped_rate']} rate-limited")
+    if args.record:
+        print(f"recorded: {args.record}")
+    if args.report:
+        Path(args.report).write_text(json.dumps(s, indent=1))
+    ok = s["stop_reason"] in ("duration reached", "max steps reached", "episode finished", "interrupted",
+                              "signal SIGINT", "signal SIGTERM")
+    return 0 if ok else 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from robopolicy.deploy.server import PolicyServer, load_server_policy, new_token
+
+    token = args.token or os.environ.get("ROBOPOLICY_TOKEN") or new_token()
+    policy = load_server_policy(args.checkpoint, args.device)
+    server = PolicyServer(policy, token, host=args.host, port=args.port,
+                          max_message_bytes=args.max_message_mb * 1024 * 1024)
+    if not (args.token or os.environ.get("ROBOPOLICY_TOKEN")):
+        print(f"token: {token}  (give it to clients with --token or ROBOPOLICY_TOKEN)")
+    print(f"serving {args.checkpoint} on ws://{args.host}:{args.port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_envs(args: argparse.Namespace) -> int:
     from robopolicy.sim.registry import entry, env_names
 
@@ -231,6 +307,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="default: configs/quickstart_lift_lowdim.yaml")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     p.set_defaults(func=cmd_quickstart)
+
+    p = verbs.add_parser("deploy", help="drive a robot (simulated or real) with a policy at a fixed rate")
+    p.add_argument("--checkpoint", default=None, help="local policy checkpoint folder")
+    p.add_argument("--server", default=None, help="policy server URL instead of a local policy, ws://host:port")
+    p.add_argument("--token", default=None, help="policy server token (default $ROBOPOLICY_TOKEN)")
+    p.add_argument("--timeout", type=float, default=2.0, help="policy server request timeout, seconds")
+    p.add_argument("--robot", default="sim:robosuite/Lift", help="sim:<env> or lerobot:<robot type>")
+    p.add_argument("--robot-config", action="append", metavar="key=value",
+                   help="robot options, e.g. port=/dev/ttyACM0 (lerobot) or max_steps=300 (sim); repeatable")
+    p.add_argument("--hz", type=float, default=20.0)
+    p.add_argument("--duration", type=float, default=None, help="seconds to run (default: until the episode ends)")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--strategy", choices=["sync", "async", "rtc", "ensemble"], default="async")
+    p.add_argument("--n-action-steps", type=int, default=None)
+    p.add_argument("--inference-steps", type=int, default=None)
+    p.add_argument("--max-delta-fraction", type=float, default=0.5,
+                   help="rate limit: largest change per step as a fraction of the action range")
+    p.add_argument("--max-observation-age", type=float, default=0.25, help="watchdog: stale observation, seconds")
+    p.add_argument("--max-inference-s", type=float, default=2.0, help="watchdog: inference budget, seconds")
+    p.add_argument("--seed", type=int, default=100_000)
+    p.add_argument("--record", default=None, help="write the run as a LeRobot v3.0 dataset to this folder")
+    p.add_argument("--report", default=None, help="write the loop statistics as JSON")
+    p.add_argument("--keep-running", action="store_true", help="sim: do not stop when the episode ends")
+    p.set_defaults(func=cmd_deploy)
+
+    p = verbs.add_parser("serve", help="serve a policy over websockets (token-protected)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--token", default=None, help="shared token (default $ROBOPOLICY_TOKEN, else a new one is printed)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-message-mb", type=int, default=16)
+    p.set_defaults(func=cmd_serve)
 
     p = verbs.add_parser("envs", help="list the registered simulation tasks")
     p.set_defaults(func=cmd_envs)

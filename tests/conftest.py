@@ -48,3 +48,20 @@ def lift_images_copy(tmp_path):
     for p in [dst, *dst.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
     return dst
+
+
+@pytest.fixture(scope="session")
+def toy_checkpoint(tmp_path_factory):
+    """A flow policy trained on expert demos of the toy reach task "test/reach" (~1 min on a CPU)."""
+    from robopolicy.config import load_config
+    from robopolicy.sim.collect import collect
+    from robopolicy.train.trainer import train
+
+    root = tmp_path_factory.mktemp("toy")
+    collect("test/reach", 30, root / "demos", workers=2, progress=False)
+    cfg = load_config(None, [f"data.path={root / 'demos'}", f"output_dir={root}", "name=toy", "policy.head=flow",
+                             "policy.encoder.cameras=[]", "policy.encoder.dim=32",
+                             "policy.encoder.state_keys=[observation.state,observation.environment_state]",
+                             "policy.denoiser.unet_dims=[32,64]", "train.steps=600", "train.batch_size=64",
+                             "train.lr=2e-3", "train.warmup_steps=20", "train.save_every=600", "train.progress=false"])
+    return train(cfg).checkpoint

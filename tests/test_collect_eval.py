@@ -14,20 +14,7 @@ from robopolicy.evaluate.evaluator import evaluate, wilson_interval
 from robopolicy.sim.collect import collect
 from robopolicy.train.trainer import train
 
-TOY = "test/reach"
-
-
-@pytest.fixture(scope="module")
-def toy_checkpoint(tmp_path_factory):
-    """A flow policy trained on expert demos of the toy reach task (seconds on a CPU)."""
-    root = tmp_path_factory.mktemp("toy")
-    collect(TOY, 30, root / "demos", workers=2, progress=False)
-    cfg = load_config(None, [f"data.path={root / 'demos'}", f"output_dir={root}", "name=toy", "policy.head=flow",
-                             "policy.encoder.cameras=[]", "policy.encoder.dim=32",
-                             "policy.encoder.state_keys=[observation.state,observation.environment_state]",
-                             "policy.denoiser.unet_dims=[32,64]", "train.steps=600", "train.batch_size=64",
-                             "train.lr=2e-3", "train.warmup_steps=20", "train.save_every=600", "train.progress=false"])
-    return train(cfg).checkpoint
+TOY = "test/reach"  # tests/plugins/toy_env.py; toy_checkpoint comes from conftest.py
 
 
 def test_collect_is_the_same_whatever_the_number_of_workers(tmp_path):

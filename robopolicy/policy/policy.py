@@ -77,7 +77,10 @@ class Policy(nn.Module):
         features.append(FeatureSpec("action", list(dataset.features["action"]["shape"]), "action"))
         spec = PolicySpec(config=config, features=features, fps=dataset.fps, tasks=list(dataset.tasks),
                           robot_type=dataset.info.get("robot_type"))
-        return cls(spec, stats=dataset.stats)
+        policy = cls(spec, stats=dataset.stats)
+        if hasattr(policy.encoder, "bind_dataset"):  # the VLM encoder caches frozen features per dataset row
+            policy.encoder.bind_dataset(dataset)
+        return policy
 
     @property
     def config(self) -> PolicyConfig:

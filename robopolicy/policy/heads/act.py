@@ -5,6 +5,7 @@ Gaussian latent z that captures the demonstrator's "style"; the main transformer
 [z, observation tokens] and a decoder with one learned query per future step cross-attends to it
 and regresses the whole chunk at once. Loss = L1 over real (unpadded) steps + kl_weight * KL(z).
 Inference sets z to the prior mean (zero): one forward pass per chunk, no iterative sampling.
+Padded observation tokens (`cond.mask` False) are masked in the encoder and in cross-attention.
 """
 
 from __future__ import annotations
@@ -58,9 +59,12 @@ class ACTHead(nn.Module):
     def _decode(self, cond: Conditioning, z: torch.Tensor) -> torch.Tensor:
         memory = self.cond_proj(cond.tokens)
         latent = (self.latent_in(z.to(memory.dtype)) + self.latent_position).unsqueeze(1)
-        memory = self.encoder(torch.cat([latent, memory], dim=1))
+        pad = cond.key_padding_mask
+        if pad is not None:  # the latent token is always real
+            pad = torch.cat([pad.new_zeros(pad.shape[0], 1), pad.to(memory.device)], dim=1)
+        memory = self.encoder(torch.cat([latent, memory], dim=1), src_key_padding_mask=pad)
         queries = self.queries.unsqueeze(0).expand(memory.shape[0], -1, -1)
-        return self.out(self.decoder(queries, memory)).float()
+        return self.out(self.decoder(queries, memory, memory_key_padding_mask=pad)).float()
 
     def loss(self, cond: Conditioning, actions: torch.Tensor, is_pad: torch.Tensor | None = None) -> dict:
         b = actions.shape[0]

@@ -3,6 +3,7 @@
 Unlike the U-Net, which only sees a pooled vector, this network reads every conditioning token,
 which is what a language-model backbone provides; it is also the "action expert" of pi0-style
 VLAs. The noise level is added to every action token and also given as an extra memory token.
+Padded observation tokens (`cond.mask` False) are excluded from cross-attention.
 """
 
 from __future__ import annotations
@@ -38,4 +39,7 @@ class TransformerDenoiser(nn.Module):
         queries = self.embed(x) + self.position + time[:, None, :]
         tokens = prepared if prepared is not None else self.prepare(cond)
         memory = torch.cat([tokens, time[:, None, :].to(tokens.dtype)], dim=1)
-        return self.out(self.decoder(queries, memory))
+        pad = cond.key_padding_mask
+        if pad is not None:  # the time token is always real
+            pad = torch.cat([pad.to(memory.device), pad.new_zeros(pad.shape[0], 1)], dim=1)
+        return self.out(self.decoder(queries, memory, memory_key_padding_mask=pad))

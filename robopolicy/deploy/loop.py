@@ -1,0 +1,214 @@
+"""The fixed-rate control loop, with its watchdog.
+
+Timing: deadlines are computed from the start time (t0 + k * period) on the monotonic clock, so
+errors never accumulate into drift. The loop sleeps until ~1 ms before a deadline and spins the
+rest, which keeps the period error well under a millisecond on an idle core. A tick that starts
+more than a full period late is counted as a missed deadline and the schedule skips ahead rather
+than bursting to catch up (a robot must not receive a burst of stale commands).
+
+Each tick: read the observation -> watchdog checks -> hand it to the inference runtime -> take
+the action for this step (or hold, counted as a missed action) -> safety filter -> send ->
+record. The watchdog performs a safe stop — send the robot's hold action, then disconnect — when
+observations go stale, inference falls behind its budget or fails, the safety filter refuses an
+action, or the driver raises. Ctrl-C and SIGTERM end the loop cleanly the same way.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from robopolicy.errors import SafetyError
+
+
+@dataclass
+class WatchdogConfig:
+    max_observation_age_s: float = 0.25  # observations older than this are stale
+    max_consecutive_missed: int | None = None  # missed actions in a row before a stop; None = 0.5 s worth
+    max_inference_s: float = 2.0  # an inference running longer than this stops the robot
+
+
+@dataclass
+class DeployReport:
+    steps: int = 0
+    stop_reason: str = "running"
+    periods_s: list = field(default_factory=list)
+    period_errors_s: list = field(default_factory=list)
+    missed_actions: int = 0
+    missed_deadlines: int = 0
+    success: bool | None = None
+    safety: dict = field(default_factory=dict)
+    inference: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        errs = np.abs(np.asarray(self.period_errors_s)) * 1000 if self.period_errors_s else np.zeros(1)
+        periods = np.asarray(self.periods_s) * 1000 if self.periods_s else np.zeros(1)
+        return {"steps": self.steps, "stop_reason": self.stop_reason, "success": self.success,
+                "period_ms_mean": float(periods.mean()), "period_error_ms_p50": float(np.percentile(errs, 50)),
+                "period_error_ms_p99": float(np.percentile(errs, 99)), "period_error_ms_max": float(errs.max()),
+                "missed_actions": self.missed_actions, "missed_deadlines": self.missed_deadlines,
+                "safety": self.safety, "inference": self.inference}
+
+
+class _Stop(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ControlLoop:
+    def __init__(self, robot, runtime, hz: float, safety, duration_s: float | None = None, max_steps: int | None = None,
+                 watchdog: WatchdogConfig | None = None, recorder=None,
+                 on_step: Callable[[int, dict, np.ndarray], None] | None = None, stop_when_done: bool = True):
+        if hz <= 0:
+            raise ValueError(f"hz must be > 0, got {hz}")
+        self.robot = robot
+        self.runtime = runtime
+        self.hz = hz
+        self.period = 1.0 / hz
+        self.safety = safety
+        self.duration_s = duration_s
+        self.max_steps = max_steps
+        self.watchdog = watchdog or WatchdogConfig()
+        self.recorder = recorder
+        self.on_step = on_step
+        self.stop_when_done = stop_when_done
+        self._stop_requested: str | None = None
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        self._stop_requested = reason
+
+    def run(self) -> DeployReport:
+        report = DeployReport()
+        previous_handlers = self._install_signal_handlers()
+        max_missed = self.watchdog.max_consecutive_missed or max(1, int(0.5 * self.hz))
+        previous: np.ndarray | None = None
+        missed_in_row = 0
+        try:
+            if not self.robot.is_connected:
+                self.robot.connect()
+            obs = self.robot.get_observation()
+            self.runtime.prime(0, obs)
+            self.runtime.start()
+            t0 = time.monotonic()
+            deadline = t0
+            last_tick = None
+            step = 0
+            while True:
+                if self._stop_requested:
+                    raise _Stop(self._stop_requested)
+                if self.max_steps is not None and step >= self.max_steps:
+                    raise _Stop("max steps reached")
+                if self.duration_s is not None and deadline - t0 >= self.duration_s:
+                    raise _Stop("duration reached")
+                _sleep_until(deadline)
+                now = time.monotonic()
+                report.period_errors_s.append(now - deadline)
+                if last_tick is not None:
+                    report.periods_s.append(now - last_tick)
+                last_tick = now
+
+                obs = self.robot.get_observation()
+                age = now - obs.get("timestamp", now)
+                if age > self.watchdog.max_observation_age_s:
+                    raise _Stop(f"watchdog: observation is {age * 1000:.0f} ms old (limit"
+                                f" {self.watchdog.max_observation_age_s * 1000:.0f} ms)")
+                if self.runtime.stats.errors:
+                    raise _Stop(f"watchdog: inference failed: {self.runtime.stats.errors[-1]}")
+                self.runtime.observe(step, obs)
+                action = self.runtime.action(step)
+                if action is None:
+                    report.missed_actions += 1
+                    missed_in_row += 1
+                    if missed_in_row > max_missed:
+                        raise _Stop(f"watchdog: no action from the policy for {missed_in_row} steps"
+                                    f" (inference too slow for {self.hz:g} Hz?)")
+                    action = previous if previous is not None else self.robot.hold_action()
+                else:
+                    missed_in_row = 0
+                busy = getattr(self.runtime, "busy_for", lambda: 0.0)()
+                if busy > self.watchdog.max_inference_s:
+                    raise _Stop(f"watchdog: inference has run {busy:.2f} s (budget {self.watchdog.max_inference_s} s)")
+                try:
+                    safe = self.safety(action, previous)
+                except SafetyError as err:
+                    raise _Stop(f"safety: {err}") from None
+                sent = self.robot.send_action(safe)
+                previous = np.asarray(sent, dtype=np.float64)
+                if self.recorder is not None:
+                    self.recorder.add(obs, np.asarray(sent, dtype=np.float32))
+                if self.on_step is not None:
+                    self.on_step(step, obs, sent)
+                step += 1
+                report.steps = step
+                if self.stop_when_done and getattr(self.robot, "done", False):
+                    raise _Stop("episode finished")
+                deadline += self.period
+                late = time.monotonic() - deadline
+                if late > self.period:
+                    skipped = int(late // self.period)
+                    report.missed_deadlines += skipped
+                    deadline += skipped * self.period
+        except _Stop as stop:
+            report.stop_reason = stop.reason
+        except KeyboardInterrupt:
+            report.stop_reason = "interrupted"
+        except Exception as err:  # driver errors and anything else: stop the robot safely, then report
+            report.stop_reason = f"error: {type(err).__name__}: {err}"
+        finally:
+            self.runtime.stop()
+            self._safe_stop(report)
+            self._restore_signal_handlers(previous_handlers)
+        report.success = getattr(self.robot, "success", None)
+        report.safety = self.safety.report()
+        lat = self.runtime.stats.latencies_s
+        report.inference = {"count": self.runtime.stats.inferences, "strategy": self.runtime.strategy,
+                            "latency_ms_p50": float(np.percentile(lat, 50) * 1000) if lat else None,
+                            "latency_ms_p99": float(np.percentile(lat, 99) * 1000) if lat else None,
+                            "skipped_stale": self.runtime.stats.skipped_stale}
+        return report
+
+    def _safe_stop(self, report: DeployReport) -> None:
+        """Hold position, then disconnect — whatever state the driver is in."""
+        try:
+            if self.robot.is_connected:
+                self.robot.send_action(self.robot.hold_action())
+        except Exception as err:
+            report.stop_reason += f" (hold command failed: {type(err).__name__})"
+        try:
+            if self.robot.is_connected:
+                self.robot.disconnect()
+        except Exception:
+            pass
+        if self.recorder is not None:
+            self.recorder.close()
+
+    def _install_signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            self.request_stop(f"signal {signal.Signals(signum).name}")
+
+        return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_signal_handlers(previous) -> None:
+        if previous:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+def _sleep_until(deadline: float, spin_s: float = 0.001) -> None:
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        if remaining > spin_s:
+            time.sleep(remaining - spin_s)
+        # spin the last millisecond: sleep() wakes up late by up to a scheduler tick

@@ -1,0 +1,193 @@
+"""Inference that never stalls the control loop: chunk execution strategies for deployment.
+
+The loop calls `observe(step, obs)` then `action(step)` once per tick. Strategies:
+
+  sync      receding horizon, inference inline when the queue runs dry: simplest, but the tick that
+            runs inference is late by the inference time (the baseline the others are measured
+            against).
+  async     receding horizon with inference in a background thread, started early enough (from
+            the measured latency) that the next chunk arrives before the queue runs dry. When it
+            arrives, the actions whose time already passed during inference are skipped.
+  rtc       real-time chunking for diffusion / flow heads: like async, but the actions that will
+            be executed while the next chunk is computed are passed to the head as a `prefix`,
+            so the new chunk is generated to continue them — no jump at the chunk boundary.
+  ensemble  inference as often as it can run, each chunk stamped with the step it was made for;
+            the action for a step is the exp(-decay * i)-weighted mean of every chunk covering it
+            (ACT's temporal ensembling, made asynchronous).
+
+`policy` is anything with the Policy inference interface (`predict_chunk`, `config`,
+`chunk_start`, `observation_keys`): a local `Policy` or a `PolicyClient` talking to a server.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from robopolicy.policy.execution import ObservationHistory
+
+STRATEGIES = ("sync", "async", "rtc", "ensemble")
+
+
+@dataclass
+class RuntimeStats:
+    inferences: int = 0
+    latencies_s: list = field(default_factory=list)
+    skipped_stale: int = 0  # actions dropped because their time passed during inference
+    errors: list = field(default_factory=list)
+
+
+class InferenceRuntime:
+    def __init__(self, policy, strategy: str = "async", n_action_steps: int | None = None,
+                 inference_steps: int | None = None, hz: float = 20.0, ensemble_decay: float = 0.01,
+                 seed: int = 0, latency_margin_steps: int = 1):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if strategy == "rtc" and policy.config.head == "act":
+            raise ValueError("rtc needs a diffusion or flow head (ACT predicts in one pass and cannot inpaint)")
+        self.policy = policy
+        self.strategy = strategy
+        self.chunk_len = policy.config.horizon - policy.chunk_start
+        self.n_action_steps = n_action_steps or policy.config.n_action_steps
+        self.inference_steps = inference_steps
+        self.period = 1.0 / hz
+        self.decay = ensemble_decay
+        self.margin = latency_margin_steps
+        self.keys = [*policy.observation_keys, "task"]
+        self.history = ObservationHistory(policy.config.n_obs_steps)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.stats = RuntimeStats()
+        self._lock = threading.Lock()
+        self._queue: deque = deque()  # (step, action) pairs to execute
+        self._chunks: list[tuple[int, np.ndarray]] = []  # ensemble: (first step, chunk)
+        self._latest: tuple[int, dict] | None = None
+        self._thread: threading.Thread | None = None
+        self._busy = False
+        self._busy_since = 0.0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._last_committed: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        if self.strategy != "sync":
+            self._thread = threading.Thread(target=self._worker, daemon=True, name="robopolicy-inference")
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def busy_for(self) -> float:
+        """Seconds the running background inference has taken so far (0 when idle)."""
+        return time.monotonic() - self._busy_since if self._busy else 0.0
+
+    @property
+    def expected_latency_steps(self) -> int:
+        """Control steps an inference is expected to take (median of recent ones, rounded up)."""
+        if not self.stats.latencies_s:
+            return 2
+        recent = np.median(self.stats.latencies_s[-20:])
+        return int(np.ceil(recent / self.period))
+
+    # ------------------------------------------------------------------ loop side
+    def prime(self, step: int, observation: Mapping[str, Any]) -> None:
+        """First inference, synchronous, before the clock starts: the first tick has an action,
+        and one-off costs (allocation, kernel selection, caches) are paid outside the loop."""
+        stacked = self.history.push({k: observation[k] for k in self.keys if k in observation})
+        self._infer(step, stacked, prefix=None)
+        with self._lock:
+            self._latest = (step, stacked)
+
+    def observe(self, step: int, observation: Mapping[str, Any]) -> None:
+        stacked = self.history.push({k: observation[k] for k in self.keys if k in observation})
+        with self._lock:
+            self._latest = (step, stacked)
+            need = self._needs_inference(step)
+        if self.strategy == "sync":
+            if need:
+                self._infer(step, stacked, prefix=None)
+        elif need:
+            self._wake.set()
+
+    def action(self, step: int) -> np.ndarray | None:
+        """The action for `step`, or None if none is ready (a missed action)."""
+        with self._lock:
+            if self.strategy == "ensemble":
+                return self._ensemble_action(step)
+            while self._queue and self._queue[0][0] < step:
+                self._queue.popleft()
+                self.stats.skipped_stale += 1
+            if self._queue and self._queue[0][0] == step:
+                action = self._queue.popleft()[1]
+                self._last_committed = action
+                return action
+            return None
+
+    # ------------------------------------------------------------------ scheduling
+    def _needs_inference(self, step: int) -> bool:
+        if self._busy:
+            return False
+        if self.strategy == "ensemble":
+            return True
+        remaining = sum(1 for s, _ in self._queue if s >= step)
+        if self.strategy == "sync":
+            return remaining == 0
+        return remaining <= self.expected_latency_steps + self.margin
+
+    def _worker(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(timeout=0.05)
+            self._wake.clear()
+            with self._lock:
+                if self._latest is None or not self._needs_inference(self._latest[0]):
+                    continue
+                step, stacked = self._latest
+                self._busy = True
+                self._busy_since = time.monotonic()
+                prefix = self._rtc_prefix(step) if self.strategy == "rtc" else None
+            try:
+                self._infer(step, stacked, prefix)
+            except Exception as err:  # surfaced to the loop's watchdog through stats.errors
+                self.stats.errors.append(f"{type(err).__name__}: {err}")
+            finally:
+                with self._lock:
+                    self._busy = False
+
+    def _rtc_prefix(self, step: int) -> np.ndarray | None:
+        """Actions already queued for the steps this inference is expected to overlap."""
+        d = self.expected_latency_steps + self.margin
+        committed = [a for s, a in self._queue if step <= s < step + d]
+        return np.stack(committed) if committed else None
+
+    def _infer(self, step: int, stacked: dict, prefix: np.ndarray | None) -> None:
+        start = time.perf_counter()
+        chunk = self.policy.predict_chunk(stacked, steps=self.inference_steps, prefix=prefix, generator=self.generator)
+        self.stats.latencies_s.append(time.perf_counter() - start)
+        self.stats.inferences += 1
+        with self._lock:
+            if self.strategy == "ensemble":
+                self._chunks.append((step, chunk))
+                return
+            keep = self.n_action_steps
+            if self.strategy != "sync":  # the first actions will be stale on arrival: keep enough after them
+                keep += self.expected_latency_steps + self.margin
+            new = [(step + i, chunk[i]) for i in range(min(keep, len(chunk)))]
+            # the new chunk replaces whatever was planned from its first step on
+            self._queue = deque([(s, a) for s, a in self._queue if s < step] + new)
+
+    def _ensemble_action(self, step: int) -> np.ndarray | None:
+        self._chunks = [(s, c) for s, c in self._chunks if step - s < len(c)]
+        candidates = [c[step - s] for s, c in self._chunks if 0 <= step - s < len(c)]
+        if not candidates:
+            return None
+        weights = np.exp(-self.decay * np.arange(len(candidates)))  # oldest chunk first
+        return (weights[:, None] * np.stack(candidates)).sum(0) / weights.sum()
