@@ -150,10 +150,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_quickstart(args: argparse.Namespace) -> int:
-    from robopolicy.quickstart import quickstart
+def cmd_run(args: argparse.Namespace) -> int:
+    from robopolicy.experiment import run_experiment
 
-    out = quickstart(args.config, args.overrides)
+    out = run_experiment(args.config, args.overrides)
     t = out["timings"]
     print_eval(out["report"])
     print(f"checkpoint: {out['train'].checkpoint}  (loss curve: {out['train'].run_dir / 'loss.png'})")
@@ -306,7 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("quickstart", help="collect demos -> train -> evaluate on the built-in default (CPU, minutes)")
     p.add_argument("--config", type=Path, default=None, help="default: configs/quickstart_lift_lowdim.yaml")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    p.set_defaults(func=cmd_quickstart)
+    p.set_defaults(func=cmd_run)
+
+    p = verbs.add_parser("run", help="a whole experiment from one config: collect (if needed) -> train -> evaluate")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    p.set_defaults(func=cmd_run)
 
     p = verbs.add_parser("deploy", help="drive a robot (simulated or real) with a policy at a fixed rate")
     p.add_argument("--checkpoint", default=None, help="local policy checkpoint folder")

@@ -47,9 +47,10 @@ def test_each_head_learns_from_images_on_the_lerobot_fixture(tmp_path, head):
 @pytest.mark.parametrize("head", HEADS)
 def test_each_head_overfits_one_episode(tmp_path, head):
     # sample prediction: epsilon-prediction diffusion needs ~5x more steps to overfit this far
-    extra = ["policy.diffusion.prediction_type=sample"] if head == "diffusion" else []
+    extra = {"diffusion": ["policy.diffusion.prediction_type=sample"],
+             "flow": ["train.lr=3e-3", "train.batch_size=32"]}.get(head, [])
     cfg = tiny_config(tmp_path, head, extra=["train.steps=500", "train.save_every=500", "data.episodes=[0]",
-                                             "train.ema=false", "train.batch_size=16", *extra])
+                                             "train.ema=false", "train.batch_size=16"] + extra)
     result = train(cfg)
     policy = Policy.load(result.checkpoint)
     ds = LeRobotDataset(LIFT_VIDEO)

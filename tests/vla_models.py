@@ -61,6 +61,26 @@ def build_idefics3(folder: Path, layers: int = 2, seed: int = 0) -> Path:
     return _save(folder, Idefics3ForConditionalGeneration, config, processor, seed)
 
 
+def build_smolvlm(folder: Path, layers: int = 2, seed: int = 0) -> Path:
+    """SmolVLM (what SmolVLA uses): the Idefics3 layout with SmolVLM's processor (needs `num2words`)."""
+    from transformers import (SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessor,
+                              SmolVLMProcessor, SmolVLMVideoProcessor)
+
+    tok = bert_tokenizer(["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"])
+    scale = 2
+    config = SmolVLMConfig(
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "image_size": IMAGE_SIZE, "patch_size": PATCH},
+        text_config={"model_type": "llama", **_text(tok, layers)},
+        scale_factor=scale, image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=False,
+        **_ids(tok))
+    size = {"longest_edge": IMAGE_SIZE}
+    processor = SmolVLMProcessor(
+        SmolVLMImageProcessor(size=size, max_image_size=size, do_image_splitting=False), tok,
+        SmolVLMVideoProcessor(size=size, max_image_size=size), image_seq_len=(IMAGE_SIZE // PATCH) ** 2 // scale ** 2)
+    return _save(folder, SmolVLMForConditionalGeneration, config, processor, seed)
+
+
 def build_paligemma(folder: Path, layers: int = 2, seed: int = 0) -> Path:
     """PaliGemma: SigLIP vision + linear projector + Gemma (prefix-LM attention over image+prompt)."""
     from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor, SiglipImageProcessor
@@ -130,5 +150,5 @@ def _save(folder: Path, model_cls, config, processor, seed: int) -> Path:
     return folder
 
 
-BUILDERS = {"idefics3": build_idefics3, "paligemma": build_paligemma, "qwen2_vl": build_qwen2_vl,
+BUILDERS = {"idefics3": build_idefics3, "smolvlm": build_smolvlm, "paligemma": build_paligemma, "qwen2_vl": build_qwen2_vl,
             "qwen2_5_vl": build_qwen2_5_vl}

@@ -66,7 +66,7 @@ def save_checkpoint(run_dir: Path, step: int, policy, ema, optimizer, scheduler,
     raw = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
     export = dict(raw)
     if ema is not None:
-        params = [n for n, _ in policy.named_parameters()]
+        params = [n for n, p in policy.named_parameters() if p.requires_grad]  # the EMA tracks trainable ones
         for name, shadow in zip(params, ema.shadow_params):
             export[name] = shadow.detach().cpu().contiguous()
     with atomic_directory(target) as tmp:

@@ -193,7 +193,7 @@ class VLMEncoder(nn.Module):
 
     def __init__(self, spec: PolicySpec):
         super().__init__()
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         enc = spec.config.encoder
         cfg = enc.vlm
@@ -214,12 +214,13 @@ class VLMEncoder(nn.Module):
         self.dtype = resolve_dtype(cfg.dtype)
         self.dataset_id: str | None = None  # set by Policy.from_dataset; enables the feature cache
 
-        hf = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=self.dtype)
-        model_type = hf.config.model_type
+        config = AutoConfig.from_pretrained(cfg.model)
+        model_type = config.model_type
         if model_type not in FAMILIES:
             raise ConfigError(f"{cfg.model}: VLM family {model_type!r} is not supported; supported: {sorted(FAMILIES)}")
         self.family = FAMILIES[model_type]
         self.model_type = model_type
+        hf = AutoModelForImageTextToText.from_pretrained(cfg.model, config=config, dtype=self.dtype)
         self.processor = AutoProcessor.from_pretrained(cfg.model)
         self.processor.tokenizer.padding_side = "right"  # real tokens keep the positions they have alone
         full_config = hf.config.to_dict()

@@ -1,9 +1,10 @@
-"""`robopolicy quickstart`: the whole journey on a built-in default, on a CPU, in minutes.
+"""`robopolicy run` and `robopolicy quickstart`: a whole experiment from one config.
 
-collect scripted-expert demonstrations (skipped when the dataset already exists) -> train the
-policy of configs/quickstart_lift_lowdim.yaml -> evaluate it in simulation -> print the success
-rate and where the report and videos are. The run folder is recreated on every call; the dataset
-is kept and reused.
+collect scripted-expert demonstrations (the config's `collect:` section; skipped when data.path
+already holds a dataset) -> train -> evaluate in simulation (the `eval:` section) -> report.
+`quickstart` is `run` on the built-in default, configs/quickstart_lift_lowdim.yaml: robosuite Lift
+from low-dim state, on a CPU, in minutes. The run folder is recreated on every call; the dataset is
+kept and reused.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from robopolicy.config import ExperimentConfig, load_config
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart_lift_lowdim.yaml"
 
 
-def quickstart(config: str | Path | None = None, overrides: list[str] | None = None) -> dict:
+def run_experiment(config: str | Path | None = None, overrides: list[str] | None = None) -> dict:
     from robopolicy.data.dataset import LeRobotDataset
     from robopolicy.errors import DatasetError
     from robopolicy.evaluate.evaluator import evaluate

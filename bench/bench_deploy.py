@@ -1,0 +1,117 @@
+"""Deployment figures: loop timing under async inference, deploy-vs-eval success, server round trip.
+
+  python bench/bench_deploy.py --checkpoint runs/quickstart_lift/checkpoints/last [--episodes 20]
+
+1. The control loop on SimRobot(robosuite/Lift) at 20 Hz and 50 Hz for `--seconds`, each strategy,
+   with inference slowed to 50-100 ms per chunk (`--inference-steps`): period error p50/p99,
+   missed actions, missed deadlines.
+2. Task success of deployments (the real-time loop on SimRobot, async and RTC) on the evaluation
+   seeds, next to offline `robopolicy eval` on the same seeds.
+3. Policy-server round trip on loopback: client-side request time vs server-side inference time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def loop_timing(checkpoint: str, hz: float, strategy: str, seconds: float, inference_steps: int) -> dict:
+    from robopolicy.deploy.run import deploy
+    from robopolicy.deploy.sim_robot import SimRobot
+    from robopolicy.policy.policy import Policy
+
+    policy = Policy.load(checkpoint)
+    report = deploy(policy, SimRobot("robosuite/Lift", seed=100_000), hz=hz, duration_s=seconds, strategy=strategy,
+                    inference_steps=inference_steps, stop_when_done=False)
+    return report.summary()
+
+
+def deploy_success(checkpoint: str, episodes: int, strategy: str) -> tuple[int, int]:
+    from robopolicy.deploy.run import deploy
+    from robopolicy.deploy.sim_robot import SimRobot
+    from robopolicy.policy.policy import Policy
+
+    policy = Policy.load(checkpoint)
+    wins = 0
+    for i in range(episodes):
+        seed = 100_000 + i
+        report = deploy(policy, SimRobot("robosuite/Lift", seed=seed), hz=20, strategy=strategy, seed=seed)
+        wins += bool(report.success)
+    return wins, episodes
+
+
+def offline_success(checkpoint: str, episodes: int) -> tuple[int, int]:
+    from robopolicy.evaluate.config import EvalConfig
+    from robopolicy.evaluate.evaluator import evaluate
+
+    with tempfile.TemporaryDirectory() as out:
+        s = evaluate(checkpoint, "robosuite/Lift", EvalConfig(env="robosuite/Lift", episodes=episodes, workers=2,
+                                                               videos=0), out, progress=False).summary
+    return s["successes"], s["episodes"]
+
+
+def server_round_trip(checkpoint: str, requests: int = 100) -> dict:
+    import torch
+
+    from robopolicy.deploy.client import PolicyClient
+    from robopolicy.deploy.server import PolicyServer
+    from robopolicy.policy.policy import Policy
+    from robopolicy.sim.registry import make_env
+
+    policy = Policy.load(checkpoint)
+    server = PolicyServer(policy, token="bench", port=0).start()
+    client = PolicyClient(f"ws://127.0.0.1:{server.port}", "bench")
+    env = make_env("robosuite/Lift")
+    obs, _ = env.reset(seed=0)
+    gen = torch.Generator().manual_seed(0)
+    total, local = [], []
+    for _ in range(requests):
+        start = time.perf_counter()
+        client.predict_chunk(obs, generator=gen)
+        total.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        policy.predict_chunk(obs, generator=gen)
+        local.append(time.perf_counter() - start)
+    server.shutdown()
+    total_ms, local_ms = np.median(total) * 1000, np.median(local) * 1000
+    return {"round_trip_ms_p50": float(total_ms), "round_trip_ms_p99": float(np.percentile(total, 99) * 1000),
+            "local_inference_ms_p50": float(local_ms), "transport_overhead_ms": float(total_ms - local_ms)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--inference-steps", type=int, default=10)
+    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "deploy.json")
+    args = parser.parse_args()
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    results: dict = {"checkpoint": args.checkpoint, "loop": [], "success": {}}
+    for hz in (20, 50):
+        for strategy in ("sync", "async", "rtc"):
+            s = loop_timing(args.checkpoint, hz, strategy, args.seconds, args.inference_steps)
+            row = {"hz": hz, "strategy": strategy, **{k: s[k] for k in ("steps", "period_error_ms_p50",
+                   "period_error_ms_p99", "period_error_ms_max", "missed_actions", "missed_deadlines")},
+                   "inference_ms_p50": s["inference"]["latency_ms_p50"], "inference_ms_p99": s["inference"]["latency_ms_p99"]}
+            results["loop"].append(row)
+            print(json.dumps(row), flush=True)
+    results["success"]["offline_eval"] = offline_success(args.checkpoint, args.episodes)
+    for strategy in ("sync", "async", "rtc"):
+        results["success"][f"deploy_{strategy}"] = deploy_success(args.checkpoint, args.episodes, strategy)
+    print(json.dumps(results["success"]), flush=True)
+    results["server"] = server_round_trip(args.checkpoint)
+    print(json.dumps(results["server"]), flush=True)
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
