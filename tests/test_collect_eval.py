@@ -48,6 +48,8 @@ def test_eval_report_and_reproducibility(toy_checkpoint, tmp_path):
     assert s["policy"]["execution"] == "receding"
     assert "torch" in s["versions"] and s["timing"]["workers"] == 2
     assert s["successes"] >= 6, s  # the toy task is easy: a trained policy solves it
+    assert s["per_task"] == {"reach the target": {"episodes": 8, "successes": s["successes"],
+                                                  "success_rate": s["success_rate"], "ci95": s["ci95"]}}
     lo, hi = s["ci95"]
     assert lo <= s["success_rate"] <= hi
     lines = (tmp_path / "a/episodes.jsonl").read_text().splitlines()

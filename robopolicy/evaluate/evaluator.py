@@ -283,11 +283,25 @@ def _summary(checkpoint: Path, env_name: str, cfg: EvalConfig, policy, episodes:
         "ci95": [lo, hi],
         "mean_episode_length": sum(lengths) / len(lengths) if lengths else None,
         "mean_steps_to_success": sum(success_lengths) / len(success_lengths) if success_lengths else None,
+        "per_task": _per_task(episodes),
         "failed_runs": [{"seed": e.seed, "error": e.error} for e in episodes if e.error],
         "videos": [e.video for e in episodes if e.video],
         "timing": {"wall_s": wall, "episodes_per_min": 60.0 * n / wall if wall > 0 else None, "workers": workers},
         "versions": versions(),
     }
+
+
+def _per_task(episodes: list[EpisodeResult]) -> dict:
+    """Success per instruction, for multi-task and language-conditioned envs."""
+    out: dict[str, dict] = {}
+    for e in episodes:
+        row = out.setdefault(e.task, {"episodes": 0, "successes": 0})
+        row["episodes"] += 1
+        row["successes"] += int(e.success)
+    for row in out.values():
+        row["success_rate"] = row["successes"] / row["episodes"]
+        row["ci95"] = list(wilson_interval(row["successes"], row["episodes"]))
+    return out
 
 
 def _plot(out_dir: Path, episodes: list[EpisodeResult], summary: dict) -> None:

@@ -28,17 +28,25 @@ class EpisodeResult:
 
 @dataclass
 class VideoQuota:
-    """Record videos until `successes` successful and `failures` failed episodes are on disk."""
+    """Record videos until `successes` successful and `failures` failed episodes are on disk.
+
+    Rendering is the expensive part of an evaluation on a CPU (software OpenGL), so recording stops
+    after twice the quota in attempts: a policy that never fails does not get every episode filmed
+    while the failure quota waits to be filled.
+    """
 
     successes: int
     failures: int
     recorded: dict = field(default_factory=lambda: {True: 0, False: 0})
+    attempts: int = 0
 
     @property
     def wants_more(self) -> bool:
-        return self.recorded[True] < self.successes or self.recorded[False] < self.failures
+        unfilled = self.recorded[True] < self.successes or self.recorded[False] < self.failures
+        return unfilled and self.attempts < 2 * (self.successes + self.failures)
 
     def keep(self, success: bool) -> bool:
+        self.attempts += 1
         limit = self.successes if success else self.failures
         if self.recorded[success] < limit:
             self.recorded[success] += 1
