@@ -199,7 +199,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     report = deploy(policy, robot, hz=args.hz, duration_s=args.duration, max_steps=args.max_steps,
                     strategy=args.strategy, n_action_steps=args.n_action_steps, inference_steps=args.inference_steps,
                     safety=safety, watchdog=watchdog, record=args.record, seed=args.seed,
-                    stop_when_done=not args.keep_running)
+                    stop_when_done=not args.keep_running, latency_margin_steps=args.latency_margin)
     s = report.summary()
     print(f"stopped: {s['stop_reason']} after {s['steps']} steps at {args.hz:g} Hz"
           + (f"; task success: {s['success']}" if s["success"] is not None else ""))
@@ -327,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=["sync", "async", "rtc", "ensemble"], default="async")
     p.add_argument("--n-action-steps", type=int, default=None)
     p.add_argument("--inference-steps", type=int, default=None)
+    p.add_argument("--latency-margin", type=int, default=1,
+                   help="async/rtc: ticks of actions kept queued beyond the measured inference latency")
     p.add_argument("--max-delta-fraction", type=float, default=0.5,
                    help="rate limit: largest change per step as a fraction of the action range")
     p.add_argument("--max-observation-age", type=float, default=0.25, help="watchdog: stale observation, seconds")

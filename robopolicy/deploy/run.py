@@ -55,7 +55,13 @@ def check_compatible(robot, policy) -> None:
 def deploy(policy, robot, hz: float = 20.0, duration_s: float | None = None, max_steps: int | None = None,
            strategy: str = "async", n_action_steps: int | None = None, inference_steps: int | None = None,
            safety: SafetyConfig | None = None, watchdog: WatchdogConfig | None = None,
-           record: str | Path | None = None, seed: int = 0, stop_when_done: bool = True) -> DeployReport:
+           record: str | Path | None = None, seed: int = 0, stop_when_done: bool = True,
+           latency_margin_steps: int = 1) -> DeployReport:
+    """Run `policy` on `robot` at `hz` until a stop condition; see ControlLoop for the tick.
+
+    `latency_margin_steps`: extra ticks of queued actions the async strategies keep beyond the
+    measured inference latency; raise it on a machine whose inference time jitters.
+    """
     if not robot.is_connected:
         robot.connect()
     check_compatible(robot, policy)
@@ -63,7 +69,8 @@ def deploy(policy, robot, hz: float = 20.0, duration_s: float | None = None, max
     action_stats = (policy.stats or {}).get("action") if policy.stats else None
     guard = SafetyFilter.from_config(safety or SafetyConfig(), action_stats, action_dim)
     runtime = InferenceRuntime(policy, strategy=strategy, n_action_steps=n_action_steps,
-                               inference_steps=inference_steps, hz=hz, seed=seed)
+                               inference_steps=inference_steps, hz=hz, seed=seed,
+                               latency_margin_steps=latency_margin_steps)
     recorder = None
     if record is not None:
         from robopolicy.deploy.recorder import DeployRecorder

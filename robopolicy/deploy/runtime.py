@@ -92,10 +92,13 @@ class InferenceRuntime:
 
     @property
     def expected_latency_steps(self) -> int:
-        """Control steps an inference is expected to take (median of recent ones, rounded up)."""
+        """Control steps an inference may take: the 90th percentile of recent ones, rounded up.
+
+        A percentile rather than the median, so that ordinary jitter does not leave the queue empty.
+        """
         if not self.stats.latencies_s:
             return 2
-        recent = np.median(self.stats.latencies_s[-20:])
+        recent = np.percentile(self.stats.latencies_s[-20:], 90)
         return int(np.ceil(recent / self.period))
 
     # ------------------------------------------------------------------ loop side
