@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -85,17 +86,26 @@ def server_round_trip(checkpoint: str, requests: int = 100) -> dict:
             "local_inference_ms_p50": float(local_ms), "transport_overhead_ms": float(total_ms - local_ms)}
 
 
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
+    return f"{os.cpu_count()} cores, {cpu}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--inference-steps", type=int, default=10)
     parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--parts", default="loop,success,server", help="comma-separated subset to run")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "deploy.json")
     args = parser.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
-    results: dict = {"checkpoint": args.checkpoint, "loop": [], "success": {}}
-    for hz in (20, 50):
+    results: dict = {"command": "python bench/bench_deploy.py " + " ".join(sys.argv[1:]), "machine": machine(),
+                     "checkpoint": args.checkpoint, "loop": [], "success": {}}
+    parts = set(args.parts.split(","))
+    for hz in (20, 50) if "loop" in parts else ():
         for strategy in ("sync", "async", "rtc"):
             s = loop_timing(args.checkpoint, hz, strategy, args.seconds, args.inference_steps)
             row = {"hz": hz, "strategy": strategy, **{k: s[k] for k in ("steps", "period_error_ms_p50",
@@ -103,12 +113,14 @@ def main() -> None:
                    "inference_ms_p50": s["inference"]["latency_ms_p50"], "inference_ms_p99": s["inference"]["latency_ms_p99"]}
             results["loop"].append(row)
             print(json.dumps(row), flush=True)
-    results["success"]["offline_eval"] = offline_success(args.checkpoint, args.episodes)
-    for strategy in ("sync", "async", "rtc"):
-        results["success"][f"deploy_{strategy}"] = deploy_success(args.checkpoint, args.episodes, strategy)
-    print(json.dumps(results["success"]), flush=True)
-    results["server"] = server_round_trip(args.checkpoint)
-    print(json.dumps(results["server"]), flush=True)
+    if "success" in parts:
+        results["success"]["offline_eval"] = offline_success(args.checkpoint, args.episodes)
+        for strategy in ("sync", "async", "rtc"):
+            results["success"][f"deploy_{strategy}"] = deploy_success(args.checkpoint, args.episodes, strategy)
+        print(json.dumps(results["success"]), flush=True)
+    if "server" in parts:
+        results["server"] = server_round_trip(args.checkpoint)
+        print(json.dumps(results["server"]), flush=True)
     args.out.parent.mkdir(exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
 
