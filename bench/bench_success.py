@@ -43,6 +43,7 @@ def run(config: Path, overrides: list[str]) -> dict:
         "seeds": [s["seeds"][0], s["seeds"][-1]], "mean_episode_length": s["mean_episode_length"],
         "train_steps": train.steps, "train_seconds": t["train_s"], "collect_seconds": t["collect_s"],
         "eval_seconds": t["eval_s"], "episodes_per_min": s["timing"]["episodes_per_min"], "machine": machine(),
+        "per_task": {task: [r["successes"], r["episodes"]] for task, r in (s.get("per_task") or {}).items()},
         "command": f"python bench/bench_success.py {config} {' '.join(overrides)}".strip(),
     }
     RESULTS.mkdir(exist_ok=True)

@@ -4,6 +4,14 @@ Token layout, for each observation step t (oldest first): one token per camera, 
 for the concatenated low-dim state; then, once, a language token. A learned embedding per token
 position tells attention-based heads which token is which. `pooled` is all tokens flattened — the
 global conditioning vector diffusion_policy feeds to its U-Net.
+
+Instructions are centred before the network sees them. Sentence embeddings of "put the red cube
+in the bowl" and "put the blue cube in the bowl" are nearly the same vector (cosine ~0.9); what
+tells the tasks apart is a small difference on top of a large shared part, and a policy trained
+on the raw vectors learns to ignore it (it averaged the cubes in our tabletop runs). So, like
+state normalization, the embedding of the dataset's instructions is centred on their mean and
+scaled to unit RMS distance; with one instruction the language token is constant, as it should be.
+The statistics come from the instructions in the spec, so they are rebuilt, not stored, on load.
 """
 
 from __future__ import annotations
@@ -39,11 +47,23 @@ class ObservationEncoder(nn.Module):
                       if state_dim else None)
         self.text = TextEncoder() if enc.language else None
         self.language = nn.Linear(EMBED_DIM, enc.dim) if enc.language else None
+        if self.text is not None:
+            center, scale = self._instruction_statistics(list(spec.tasks))
+            self.register_buffer("instruction_center", center, persistent=False)
+            self.register_buffer("instruction_scale", scale, persistent=False)
         per_step = len(self.camera_keys) + (1 if self.state is not None else 0)
         if per_step == 0 and self.text is None:
             raise ValueError("the encoder has no inputs: give it cameras, state keys or language")
         self.num_tokens = per_step * self.n_obs_steps + (1 if self.text is not None else 0)
         self.position = nn.Parameter(torch.randn(self.num_tokens, enc.dim) * 0.02)
+
+    def _instruction_statistics(self, tasks: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if not tasks:
+            return torch.zeros(EMBED_DIM), torch.ones(())
+        emb = self.text(tasks)
+        center = emb.mean(0)
+        spread = (emb - center).pow(2).sum(-1).mean().sqrt()
+        return center, (1.0 / spread if spread > 1e-6 else torch.zeros(()))
 
     @property
     def pooled_dim(self) -> int:
@@ -60,6 +80,7 @@ class ObservationEncoder(nn.Module):
         tokens = torch.cat(parts, dim=2).flatten(1, 2) if parts else None
         if self.text is not None:
             emb = self.text(list(batch["task"])).to(self.position.device)
+            emb = (emb - self.instruction_center) * self.instruction_scale
             lang = self.language(emb).unsqueeze(1)
             tokens = lang if tokens is None else torch.cat([tokens, lang.to(tokens.dtype)], dim=1)
         tokens = tokens + self.position.to(tokens.dtype)
