@@ -123,6 +123,30 @@ def test_language_encoder_is_pretrained_cached_and_in_the_policy(dataset):
     assert policy.encoder.num_tokens == 2 * 3 + 1
 
 
+def test_instructions_are_centred_on_the_datasets_instructions(dataset):
+    """Near-identical sentence vectors become well-separated inputs; one instruction carries no signal."""
+    import dataclasses
+
+    from robopolicy.policy.encoders.observation import ObservationEncoder
+
+    policy = Policy.from_dataset(small_config("flow", encoder={"language": True}), dataset)
+    tasks = ["put the red cube in the bowl", "put the green cube in the bowl", "put the blue cube in the bowl"]
+    encoder = ObservationEncoder(dataclasses.replace(policy.spec, tasks=tasks))
+    raw = encoder.text(tasks)
+    centred = (raw - encoder.instruction_center) * encoder.instruction_scale
+    assert float((raw @ raw.T)[0, 1]) > 0.8  # the raw vectors are nearly the same
+    assert torch.allclose(centred.mean(0), torch.zeros(384), atol=1e-6)
+    assert torch.allclose(centred.pow(2).sum(-1).mean(), torch.tensor(1.0), atol=1e-5)
+    assert float(centred[0] @ centred[1]) < 0  # now they point apart
+    # the fixture has one instruction: the language token is the same whatever the string
+    single = policy.encoder
+    assert float(single.instruction_scale) == 0.0
+    batch = policy.observation_batch(observation(dataset, 10, policy.config.n_obs_steps))
+    a = single(policy.normalizer.normalize_batch({**batch, "task": ["lift the red cube"]})).tokens[:, -1]
+    b = single(policy.normalizer.normalize_batch({**batch, "task": ["something else"]})).tokens[:, -1]
+    assert torch.equal(a, b)
+
+
 def test_denoisers_give_the_same_output_with_conditioning_prepared_once():
     from robopolicy.policy.config import DenoiserConfig
     from robopolicy.policy.encoders.base import Conditioning
