@@ -43,10 +43,13 @@ class ObservationEncoder(nn.Module):
                                      f"{self.camera_keys[0]} is {[h, w]}")
             self.vision = VisionEncoder(enc.vision, self.camera_keys, (h, w), enc.dim)
         state_dim = sum(spec.shape(k)[0] for k in self.state_keys)
-        self.state = (nn.Sequential(nn.Linear(state_dim, enc.dim), nn.Mish(), nn.Linear(enc.dim, enc.dim))
-                      if state_dim else None)
         self.text = TextEncoder() if enc.language else None
         self.language = nn.Linear(EMBED_DIM, enc.dim) if enc.language else None
+        # with an instruction, the state MLP sees it too: "which object matters" is a product of
+        # language and state, which the heads' FiLM (linear in each token) cannot form on its own
+        state_in, hidden = (state_dim + enc.dim, 4 * enc.dim) if enc.language else (state_dim, enc.dim)
+        self.state = (nn.Sequential(nn.Linear(state_in, hidden), nn.Mish(), nn.Linear(hidden, enc.dim))
+                      if state_dim else None)
         if self.text is not None:
             center, scale = self._instruction_statistics(list(spec.tasks))
             self.register_buffer("instruction_center", center, persistent=False)
@@ -72,16 +75,20 @@ class ObservationEncoder(nn.Module):
     def forward(self, batch: dict) -> Conditioning:
         """`batch` holds normalized state (B, T, D) and images (B, T, 3, H, W) in [0, 1]."""
         parts = []
+        lang = None
+        if self.text is not None:
+            emb = self.text(list(batch["task"])).to(self.position.device)
+            emb = (emb - self.instruction_center) * self.instruction_scale
+            lang = self.language(emb).unsqueeze(1)  # (B, 1, dim)
         if self.vision is not None:
             parts.append(self.vision({k: batch[k] for k in self.camera_keys}))  # (B, T, n_cams, dim)
         if self.state is not None:
             state = torch.cat([batch[k] for k in self.state_keys], dim=-1)
+            if lang is not None:
+                state = torch.cat([state, lang.to(state.dtype).expand(-1, state.shape[1], -1)], dim=-1)
             parts.append(self.state(state).unsqueeze(2))  # (B, T, 1, dim)
         tokens = torch.cat(parts, dim=2).flatten(1, 2) if parts else None
-        if self.text is not None:
-            emb = self.text(list(batch["task"])).to(self.position.device)
-            emb = (emb - self.instruction_center) * self.instruction_scale
-            lang = self.language(emb).unsqueeze(1)
+        if lang is not None:
             tokens = lang if tokens is None else torch.cat([tokens, lang.to(tokens.dtype)], dim=1)
         tokens = tokens + self.position.to(tokens.dtype)
         return Conditioning(tokens=tokens, pooled=tokens.flatten(1))
