@@ -6,9 +6,9 @@ position tells attention-based heads which token is which. `pooled` is all token
 global conditioning vector diffusion_policy feeds to its U-Net.
 
 Instructions are centred before the network sees them. Sentence embeddings of "put the red cube
-in the bowl" and "put the blue cube in the bowl" are nearly the same vector (cosine ~0.9); what
-tells the tasks apart is a small difference on top of a large shared part, and a policy trained
-on the raw vectors learns to ignore it (it averaged the cubes in our tabletop runs). So, like
+in the bowl" and "put the blue cube in the bowl" are nearly the same vector (cosine ~0.86); what
+tells the tasks apart is a small difference on top of a large shared part, which a network fed
+the raw vectors sees as almost a constant. So, like
 state normalization, the embedding of the dataset's instructions is centred on their mean and
 scaled to unit RMS distance; with one instruction the language token is constant, as it should be.
 The statistics come from the instructions in the spec, so they are rebuilt, not stored, on load.
