@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import machine
 
 
 def loop_timing(checkpoint: str, hz: float, strategy: str, seconds: float, inference_steps: int) -> dict:
@@ -84,12 +85,6 @@ def server_round_trip(checkpoint: str, requests: int = 100) -> dict:
     total_ms, local_ms = np.median(total) * 1000, np.median(local) * 1000
     return {"round_trip_ms_p50": float(total_ms), "round_trip_ms_p99": float(np.percentile(total, 99) * 1000),
             "local_inference_ms_p50": float(local_ms), "transport_overhead_ms": float(total_ms - local_ms)}
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
-    return f"{os.cpu_count()} cores, {cpu}"
 
 
 def main() -> None:

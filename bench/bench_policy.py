@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchlib import median_ms
 from robopolicy.config import load_config
 from robopolicy.data.dataset import LeRobotDataset
 from robopolicy.data.windows import BatchLoader, WindowedDataset, WindowSpec
@@ -69,13 +70,7 @@ def train_speed(policy: Policy, ds, precision: str, steps: int, batch_size: int 
 def latency(policy: Policy, observation: dict, steps: int | None, repeats: int = 15) -> float:
     policy.eval()
     gen = torch.Generator().manual_seed(0)
-    policy.predict_chunk(observation, steps=steps, generator=gen)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        policy.predict_chunk(observation, steps=steps, generator=gen)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
+    return median_ms(lambda: policy.predict_chunk(observation, steps=steps, generator=gen), repeats)
 
 
 def main() -> None:
@@ -121,13 +116,7 @@ def latency_encoder(policy: Policy, observation: dict, repeats: int = 15) -> flo
     batch = policy.observation_batch(observation)
     with torch.inference_mode():
         normalized = policy.normalizer.normalize_batch(batch)
-        policy.encoder(normalized)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            policy.encoder(normalized)
-            times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
+        return median_ms(lambda: policy.encoder(normalized), repeats)
 
 
 if __name__ == "__main__":

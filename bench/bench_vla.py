@@ -22,9 +22,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from benchlib import median_ms  # noqa: E402
 from vla_models import _ids, _save, bert_tokenizer, build_idefics3, build_paligemma, build_qwen2_vl  # noqa: E402
 
-from robopolicy.data.normalizer import Normalizer  # noqa: E402,F401
 from robopolicy.policy.config import EncoderConfig, FeatureSpec, PolicyConfig, PolicySpec, VLMConfig  # noqa: E402
 from robopolicy.policy.policy import Policy  # noqa: E402
 
@@ -79,14 +79,9 @@ def measure(policy: Policy, image: int, batch_size: int = 8, repeats: int = 3) -
            "observation.images.front": np.random.default_rng(0).integers(0, 255, (image, image, 3), dtype=np.uint8),
            "task": "lift the red cube"}
     policy.eval()
-    policy.predict_chunk(obs)
-    inf = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        policy.predict_chunk(obs)
-        inf.append(time.perf_counter() - start)
+    inference_ms = median_ms(lambda: policy.predict_chunk(obs), repeats)
     params_m = sum(p.numel() for p in policy.encoder.parameters()) / 1e6
-    return float(np.median(times[1:]) * 1000), float(np.median(inf) * 1000), params_m
+    return float(np.median(times[1:]) * 1000), inference_ms, params_m
 
 
 def main() -> None:
