@@ -40,20 +40,28 @@ def _text(tok, layers: int, hidden: int = 64, **kw) -> dict:
             "tie_word_embeddings": False, **_ids(tok), **kw}
 
 
+IDEFICS3_TOKENS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
+PIXEL_SHUFFLE = 2  # Idefics3 / SmolVLM connector: 2x2 patches become one image token
+
+
+def _idefics3_layout(config_cls, layers: int):
+    """Tokenizer, config and image-token count shared by Idefics3 and SmolVLM (same architecture)."""
+    tok = bert_tokenizer(IDEFICS3_TOKENS)
+    config = config_cls(
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "image_size": IMAGE_SIZE, "patch_size": PATCH},
+        text_config={"model_type": "llama", **_text(tok, layers)},
+        scale_factor=PIXEL_SHUFFLE, image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=False,
+        **_ids(tok))
+    return tok, config, (IMAGE_SIZE // PATCH) ** 2 // PIXEL_SHUFFLE ** 2
+
+
 def build_idefics3(folder: Path, layers: int = 2, seed: int = 0) -> Path:
     """Idefics3 (the SmolVLM architecture): SigLIP-style vision + pixel-shuffle connector + Llama."""
     from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor,
                               Idefics3Processor)
 
-    tok = bert_tokenizer(["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"])
-    scale = 2
-    config = Idefics3Config(
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "image_size": IMAGE_SIZE, "patch_size": PATCH},
-        text_config={"model_type": "llama", **_text(tok, layers)},
-        scale_factor=scale, image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=False,
-        **_ids(tok))
-    image_seq_len = (IMAGE_SIZE // PATCH) ** 2 // scale ** 2
+    tok, config, image_seq_len = _idefics3_layout(Idefics3Config, layers)
     processor = Idefics3Processor(
         Idefics3ImageProcessor(size={"longest_edge": IMAGE_SIZE}, max_image_size={"longest_edge": IMAGE_SIZE},
                                do_image_splitting=False),
@@ -66,18 +74,11 @@ def build_smolvlm(folder: Path, layers: int = 2, seed: int = 0) -> Path:
     from transformers import (SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessor,
                               SmolVLMProcessor, SmolVLMVideoProcessor)
 
-    tok = bert_tokenizer(["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"])
-    scale = 2
-    config = SmolVLMConfig(
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "image_size": IMAGE_SIZE, "patch_size": PATCH},
-        text_config={"model_type": "llama", **_text(tok, layers)},
-        scale_factor=scale, image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=False,
-        **_ids(tok))
+    tok, config, image_seq_len = _idefics3_layout(SmolVLMConfig, layers)
     size = {"longest_edge": IMAGE_SIZE}
     processor = SmolVLMProcessor(
         SmolVLMImageProcessor(size=size, max_image_size=size, do_image_splitting=False), tok,
-        SmolVLMVideoProcessor(size=size, max_image_size=size), image_seq_len=(IMAGE_SIZE // PATCH) ** 2 // scale ** 2)
+        SmolVLMVideoProcessor(size=size, max_image_size=size), image_seq_len=image_seq_len)
     return _save(folder, SmolVLMForConditionalGeneration, config, processor, seed)
 
 
