@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -65,23 +64,22 @@ def measure(policy: Policy, image: int, batch_size: int = 8, repeats: int = 3) -
     batch = {"observation.state": torch.zeros(batch_size, 1, 9), "action": torch.zeros(batch_size, 16, 7),
              "observation.images.front": torch.rand(batch_size, 1, 3, image, image),
              "task": ["lift the red cube"] * batch_size}
-    params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-4)
+
+    def train_step() -> None:
         loss = policy(batch)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
-        times.append(time.perf_counter() - start)
+
+    train_ms = median_ms(train_step, repeats)
     obs = {"observation.state": np.zeros(9, np.float32),
            "observation.images.front": np.random.default_rng(0).integers(0, 255, (image, image, 3), dtype=np.uint8),
            "task": "lift the red cube"}
     policy.eval()
     inference_ms = median_ms(lambda: policy.predict_chunk(obs), repeats)
     params_m = sum(p.numel() for p in policy.encoder.parameters()) / 1e6
-    return float(np.median(times[1:]) * 1000), inference_ms, params_m
+    return train_ms, inference_ms, params_m
 
 
 def main() -> None:
@@ -98,8 +96,8 @@ def main() -> None:
         for name, path, image in models:
             for mode in ("frozen", "lora"):
                 policy = make_policy(path, mode, image)
-                step_ms, chunk_ms, params_m = measure(policy, image, batch_size=8 if image <= 64 else 2)
                 bs = 8 if image <= 64 else 2
+                step_ms, chunk_ms, params_m = measure(policy, image, batch_size=bs)
                 print(f"{name:<22} {mode:<7} {params_m:7.1f}M: train step (batch {bs}, no cache) {step_ms:8.0f} ms,"
                       f" chunk (flow-10, 1 image) {chunk_ms:7.0f} ms", flush=True)
 
