@@ -1,12 +1,14 @@
 """Training throughput and chunk latency on the LeRobot Lift fixture, the workload LeRobot was measured on.
 
-  python bench/bench_policy.py [--steps 8] [--skip-train] [--skip-latency]
+  python bench/bench_policy.py [--steps 8] [--skip-train] [--skip-latency] [--device cuda]
 
 Training: 2 cameras at 84x84, 2 observation frames, horizon 16, batch 32, one optimizer step
 (forward, backward, AdamW, EMA) per iteration; the "small" diffusion shape (one ResNet-18-GroupNorm
 shared by both cameras + U-Net 64/128/256) and ACT (dim 256), fp32 vs bf16 autocast.
 Latency: one `predict_chunk` from a single observation (2 frames x 2 cameras + state), batch 1,
 median of repeated calls, for diffusion DDPM-100 / DDIM-10, flow 1 / 2 / 4 / 10 steps, and ACT.
+On a GPU (`--device cuda`) each timed call ends with a device synchronize, so the figures are wall
+times of finished work, not of queued kernels.
 """
 
 from __future__ import annotations
@@ -25,23 +27,29 @@ from robopolicy.config import load_config
 from robopolicy.data.dataset import LeRobotDataset
 from robopolicy.data.windows import BatchLoader, WindowedDataset, WindowSpec
 from robopolicy.policy.policy import Policy
+from robopolicy.train.trainer import to_device
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO.parent / "shared" / "fixtures" / "lerobot_lift_v3"
 LEROBOT = {"train_diffusion_ms": 1800, "train_act_ms": 875, "ddpm100_ms": 748, "ddim10_ms": 83.6, "act_ms": 40.4}
 
 
-def build(config: str, overrides: list[str], ds) -> Policy:
+def build(config: str, overrides: list[str], ds, device: torch.device) -> Policy:
     cfg = load_config(REPO / "configs" / config, [f"data.path={FIXTURE}", *overrides])
     torch.manual_seed(0)
-    return Policy.from_dataset(cfg.policy, ds)
+    return Policy.from_dataset(cfg.policy, ds).to(device)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def train_speed(policy: Policy, ds, precision: str, steps: int, batch_size: int = 32) -> float:
     """Milliseconds per optimizer step (median), the trainer's exact step."""
     from diffusers.training_utils import EMAModel
 
-    pc = policy.config
+    pc, device = policy.config, policy.device
     windows = WindowedDataset(ds, WindowSpec(pc.n_obs_steps, pc.horizon, pc.first_action_offset)
                               .deltas(policy.observation_keys))
     loader = BatchLoader(windows, batch_size=batch_size, seed=0)
@@ -54,14 +62,17 @@ def train_speed(policy: Policy, ds, precision: str, steps: int, batch_size: int 
     policy.train()
     times = []
     for step, batch in enumerate(loader.iterate(0, steps + 2)):
+        batch = to_device(batch, device)
+        synchronize(device)
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             loss = policy(batch)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 10.0)
         opt.step()
         ema.step(params)
+        synchronize(device)
         if step >= 2:  # the first steps pay for kernel selection and allocation
             times.append(time.perf_counter() - start)
     return float(np.median(times) * 1000)
@@ -79,16 +90,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU figures")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     ds = LeRobotDataset(FIXTURE)
     ds.frame_cache.warm()
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, threads {args.threads}")
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, threads {args.threads}, device {device}{gpu}")
     if not args.skip_train:
         for name, config, key in (("diffusion (ResNet-18 + U-Net 64/128/256)", "fixture_lift_diffusion.yaml", "train_diffusion_ms"),
                                   ("ACT (ResNet-18 + transformer dim 256)", "fixture_lift_act.yaml", "train_act_ms")):
             for precision in ("fp32", "bf16"):
-                policy = build(config, [], ds)
+                policy = build(config, [], ds, device)
                 n = sum(p.numel() for p in policy.parameters()) / 1e6
                 ms = train_speed(policy, ds, precision, args.steps)
                 print(f"train {name}, {n:.1f}M params, {precision}: {ms:7.0f} ms/step = {32000 / ms:5.1f} samples/s"
@@ -97,15 +111,15 @@ def main() -> None:
         row = 100
         obs = {"observation.state": ds.columns["observation.state"][row - 1:row + 1]}
         obs.update({k: ds.frames(k, [row - 1, row]) for k in ds.camera_keys})
-        diffusion = build("fixture_lift_diffusion.yaml", [], ds)
+        diffusion = build("fixture_lift_diffusion.yaml", [], ds, device)
         for label, scheduler, steps, ref in (("diffusion DDPM-100", "ddpm", 100, LEROBOT["ddpm100_ms"]),
                                              ("diffusion DDIM-10", "ddim", 10, LEROBOT["ddim10_ms"])):
             diffusion.head.cfg.scheduler = scheduler
             print(f"latency {label:<20} {latency(diffusion, obs, steps):7.1f} ms/chunk   (LeRobot 0.4.4: {ref} ms)")
-        flow = build("fixture_lift_flow.yaml", [], ds)
+        flow = build("fixture_lift_flow.yaml", [], ds, device)
         for steps in (1, 2, 4, 10):
             print(f"latency flow-{steps:<15} {latency(flow, obs, steps):7.1f} ms/chunk")
-        act = build("fixture_lift_act.yaml", [], ds)
+        act = build("fixture_lift_act.yaml", [], ds, device)
         act_obs = {k: v[-1:] for k, v in obs.items()}
         print(f"latency {'ACT':<20} {latency(act, act_obs, None):7.1f} ms/chunk   (LeRobot 0.4.4: {LEROBOT['act_ms']} ms)")
         enc_ms = latency_encoder(flow, obs)
@@ -116,7 +130,7 @@ def latency_encoder(policy: Policy, observation: dict, repeats: int = 15) -> flo
     batch = policy.observation_batch(observation)
     with torch.inference_mode():
         normalized = policy.normalizer.normalize_batch(batch)
-        return median_ms(lambda: policy.encoder(normalized), repeats)
+        return median_ms(lambda: (policy.encoder(normalized), synchronize(policy.device)), repeats)
 
 
 if __name__ == "__main__":

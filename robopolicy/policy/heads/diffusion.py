@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from robopolicy.policy.config import PolicyConfig
@@ -53,9 +54,9 @@ class DiffusionHead(nn.Module):
         scheduler = self._sampler(steps)
         b = cond.batch_size
         device = cond.tokens.device
-        x = torch.randn(b, self.horizon, self.action_dim, generator=generator, device=device)
+        x = randn_tensor((b, self.horizon, self.action_dim), generator=generator, device=device)
         known, mask = as_prefix_mask(prefix, prefix_mask, x)
-        prefix_noise = torch.randn(x.shape, generator=generator, device=device) if known is not None else None
+        prefix_noise = randn_tensor(x.shape, generator=generator, device=device) if known is not None else None
         prepared = self.denoiser.prepare(cond)
         for t in scheduler.timesteps:
             if known is not None:

@@ -10,6 +10,7 @@ With a prefix, committed actions are placed on their own straight path at every 
 from __future__ import annotations
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from robopolicy.policy.config import PolicyConfig
@@ -49,7 +50,7 @@ class FlowHead(nn.Module):
             raise ValueError(f"flow steps must be >= 1, got {steps}")
         b = cond.batch_size
         device = cond.tokens.device
-        noise = torch.randn(b, self.horizon, self.action_dim, generator=generator, device=device)
+        noise = randn_tensor((b, self.horizon, self.action_dim), generator=generator, device=device)
         known, mask = as_prefix_mask(prefix, prefix_mask, noise)
         x = noise
         dt = 1.0 / steps
