@@ -1,6 +1,6 @@
 """Training throughput and chunk latency on the LeRobot Lift fixture, the workload LeRobot was measured on.
 
-  python bench/bench_policy.py [--steps 8] [--skip-train] [--skip-latency] [--device cuda]
+  python bench/bench_policy.py [--steps 8] [--skip-train] [--skip-latency] [--device cuda [--compile]] [--batch-size 32]
 
 Training: 2 cameras at 84x84, 2 observation frames, horizon 16, batch 32, one optimizer step
 (forward, backward, AdamW, EMA) per iteration; the "small" diffusion shape (one ResNet-18-GroupNorm
@@ -8,7 +8,8 @@ shared by both cameras + U-Net 64/128/256) and ACT (dim 256), fp32 vs bf16 autoc
 Latency: one `predict_chunk` from a single observation (2 frames x 2 cameras + state), batch 1,
 median of repeated calls, for diffusion DDPM-100 / DDIM-10, flow 1 / 2 / 4 / 10 steps, and ACT.
 On a GPU (`--device cuda`) each timed call ends with a device synchronize, so the figures are wall
-times of finished work, not of queued kernels.
+times of finished work, not of queued kernels; `--compile` times latency with the policy's CUDA
+graphs (`Policy.compile_for_inference`), after uncounted calls that compile and record them.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ FIXTURE = REPO.parent / "shared" / "fixtures" / "lerobot_lift_v3"
 LEROBOT = {"train_diffusion_ms": 1800, "train_act_ms": 875, "ddpm100_ms": 748, "ddim10_ms": 83.6, "act_ms": 40.4}
 
 
-def build(config: str, overrides: list[str], ds, device: torch.device) -> Policy:
+def build(config: str, overrides: list[str], ds, device: torch.device, compiled: bool = False) -> Policy:
     cfg = load_config(REPO / "configs" / config, [f"data.path={FIXTURE}", *overrides])
     torch.manual_seed(0)
-    return Policy.from_dataset(cfg.policy, ds).to(device)
+    policy = Policy.from_dataset(cfg.policy, ds).to(device)
+    return policy.compile_for_inference() if compiled else policy
 
 
 def synchronize(device: torch.device) -> None:
@@ -78,10 +80,10 @@ def train_speed(policy: Policy, ds, precision: str, steps: int, batch_size: int 
     return float(np.median(times) * 1000)
 
 
-def latency(policy: Policy, observation: dict, steps: int | None, repeats: int = 15) -> float:
+def latency(policy: Policy, observation: dict, steps: int | None, repeats: int = 15, warmup: int = 1) -> float:
     policy.eval()
     gen = torch.Generator().manual_seed(0)
-    return median_ms(lambda: policy.predict_chunk(observation, steps=steps, generator=gen), repeats)
+    return median_ms(lambda: policy.predict_chunk(observation, steps=steps, generator=gen), repeats, warmup)
 
 
 def main() -> None:
@@ -91,6 +93,8 @@ def main() -> None:
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU figures")
+    parser.add_argument("--compile", action="store_true", help="latency with CUDA graphs (GPU only)")
+    parser.add_argument("--batch-size", type=int, default=32, help="training batch (LeRobot was measured at 32)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -104,24 +108,28 @@ def main() -> None:
             for precision in ("fp32", "bf16"):
                 policy = build(config, [], ds, device)
                 n = sum(p.numel() for p in policy.parameters()) / 1e6
-                ms = train_speed(policy, ds, precision, args.steps)
-                print(f"train {name}, {n:.1f}M params, {precision}: {ms:7.0f} ms/step = {32000 / ms:5.1f} samples/s"
+                ms = train_speed(policy, ds, precision, args.steps, args.batch_size)
+                print(f"train {name}, {n:.1f}M params, {precision}, batch {args.batch_size}: {ms:7.0f} ms/step"
+                      f" = {args.batch_size * 1000 / ms:5.1f} samples/s"
                       f"   (LeRobot 0.4.4: {LEROBOT[key]} ms/step = {32000 / LEROBOT[key]:.1f} samples/s)")
     if not args.skip_latency:
         row = 100
         obs = {"observation.state": ds.columns["observation.state"][row - 1:row + 1]}
         obs.update({k: ds.frames(k, [row - 1, row]) for k in ds.camera_keys})
-        diffusion = build("fixture_lift_diffusion.yaml", [], ds, device)
+        warmup = 3 if args.compile else 1  # compiled: the first calls compile, record and replay the graphs
+        diffusion = build("fixture_lift_diffusion.yaml", [], ds, device, args.compile)
         for label, scheduler, steps, ref in (("diffusion DDPM-100", "ddpm", 100, LEROBOT["ddpm100_ms"]),
                                              ("diffusion DDIM-10", "ddim", 10, LEROBOT["ddim10_ms"])):
             diffusion.head.cfg.scheduler = scheduler
-            print(f"latency {label:<20} {latency(diffusion, obs, steps):7.1f} ms/chunk   (LeRobot 0.4.4: {ref} ms)")
-        flow = build("fixture_lift_flow.yaml", [], ds, device)
+            ms = latency(diffusion, obs, steps, warmup=warmup)
+            print(f"latency {label:<20} {ms:7.1f} ms/chunk   (LeRobot 0.4.4: {ref} ms)")
+        flow = build("fixture_lift_flow.yaml", [], ds, device, args.compile)
         for steps in (1, 2, 4, 10):
-            print(f"latency flow-{steps:<15} {latency(flow, obs, steps):7.1f} ms/chunk")
-        act = build("fixture_lift_act.yaml", [], ds, device)
+            print(f"latency flow-{steps:<15} {latency(flow, obs, steps, warmup=warmup):7.1f} ms/chunk")
+        act = build("fixture_lift_act.yaml", [], ds, device, args.compile)
         act_obs = {k: v[-1:] for k, v in obs.items()}
-        print(f"latency {'ACT':<20} {latency(act, act_obs, None):7.1f} ms/chunk   (LeRobot 0.4.4: {LEROBOT['act_ms']} ms)")
+        ms = latency(act, act_obs, None, warmup=warmup)
+        print(f"latency {'ACT':<20} {ms:7.1f} ms/chunk   (LeRobot 0.4.4: {LEROBOT['act_ms']} ms)")
         enc_ms = latency_encoder(flow, obs)
         print(f"  of which the observation encoder (4 images through ResNet-18): {enc_ms:.1f} ms")
 

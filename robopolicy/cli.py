@@ -96,6 +96,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(config_path, args.overrides)
     if args.resume and args.resume is not True and cfg.run_dir.resolve() != Path(args.resume).resolve():
         raise RobopolicyError(f"--resume {args.resume} but the config's run folder is {cfg.run_dir}")
+    if cfg.eval.env and not args.no_eval:  # fail now, not after the training it would follow
+        from robopolicy.errors import EnvError
+        from robopolicy.sim.registry import entry
+
+        try:
+            entry(cfg.eval.env)
+        except EnvError as err:
+            raise EnvError(f"eval.env: {err} (or train with --no-eval)") from None
     hook = make_eval_hook(cfg)
     result = train(cfg, resume=bool(args.resume), eval_hook=hook)
     import os
@@ -181,14 +189,19 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from robopolicy.deploy.loop import WatchdogConfig
     from robopolicy.deploy.run import deploy, make_robot
     from robopolicy.deploy.safety import SafetyConfig
+    from robopolicy.system import best_device
 
     if bool(args.checkpoint) == bool(args.server):
         raise RobopolicyError("give exactly one of --checkpoint (local policy) or --server (policy server URL)")
     if args.checkpoint:
         from robopolicy.policy.policy import Policy
 
-        policy = Policy.load(args.checkpoint)
+        policy = Policy.load(args.checkpoint, device=best_device() if args.device == "auto" else args.device)
+        if args.compile:
+            policy.compile_for_inference()
     else:
+        if args.compile or args.device != "auto":
+            raise RobopolicyError("--device and --compile apply to a local --checkpoint; set them on the policy server")
         from robopolicy.deploy.client import PolicyClient
 
         token = args.token or os.environ.get("ROBOPOLICY_TOKEN", "")
@@ -226,6 +239,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     token = args.token or os.environ.get("ROBOPOLICY_TOKEN") or new_token()
     policy = load_server_policy(args.checkpoint, args.device)
+    if args.compile:
+        policy.compile_for_inference()
     server = PolicyServer(policy, token, host=args.host, port=args.port,
                           max_message_bytes=args.max_message_mb * 1024 * 1024)
     if not (args.token or os.environ.get("ROBOPOLICY_TOKEN")):
@@ -318,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", default=None, help="policy server URL instead of a local policy, ws://host:port")
     p.add_argument("--token", default=None, help="policy server token (default $ROBOPOLICY_TOKEN)")
     p.add_argument("--timeout", type=float, default=2.0, help="policy server request timeout, seconds")
+    p.add_argument("--device", default="auto", help="where a local policy runs: auto (cuda, else mps, else cpu), cpu, cuda")
+    p.add_argument("--compile", action="store_true", help="CUDA graphs for a local policy on a GPU (faster chunks)")
     p.add_argument("--robot", default="sim:robosuite/Lift", help="sim:<env> or lerobot:<robot type>")
     p.add_argument("--robot-config", action="append", metavar="key=value",
                    help="robot options, e.g. port=/dev/ttyACM0 (lerobot) or max_steps=300 (sim); repeatable")
@@ -345,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--token", default=None, help="shared token (default $ROBOPOLICY_TOKEN, else a new one is printed)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help="CUDA graphs for the policy on a GPU (faster chunks)")
     p.add_argument("--max-message-mb", type=int, default=16)
     p.set_defaults(func=cmd_serve)
 

@@ -50,3 +50,14 @@ def test_cli_reports_unknown_key_and_exits_2(tmp_path):
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: unknown config key 'train.stepz' (did you mean 'train.steps'?)"
+
+
+def test_cli_checks_the_evaluation_env_before_training(tmp_path):
+    """A misspelt eval.env must not cost a whole training run before it is noticed."""
+    result = subprocess.run([sys.executable, "-m", "robopolicy.cli", "train", "--config",
+                             str(REPO / "configs" / "lift_lowdim_flow.yaml"), "eval.env=robosuite/Lfit",
+                             f"output_dir={tmp_path / 'runs'}"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip().startswith("error: eval.env: unknown env 'robosuite/Lfit' (did you mean 'robosuite/Lift'?)")
+    assert result.stderr.strip().endswith("(or train with --no-eval)")
+    assert not (tmp_path / "runs").exists()

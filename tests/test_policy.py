@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import LIFT_VIDEO
 from robopolicy.data.dataset import LeRobotDataset
-from robopolicy.errors import CheckpointError, ObservationError
+from robopolicy.errors import CheckpointError, ConfigError, ObservationError
 from robopolicy.policy.config import EncoderConfig, PolicyConfig, VisionConfig
 from robopolicy.policy.encoders.text import TextEncoder
 from robopolicy.policy.policy import Policy
@@ -86,6 +86,13 @@ def test_bad_observations_are_rejected(dataset):
         policy.predict_chunk({**obs, "observation.images.agentview": np.zeros((64, 64, 3), np.uint8)})
     with pytest.raises(ObservationError, match="NaN"):
         policy.predict_chunk({**obs, "observation.state": np.full(9, np.nan)})
+
+
+def test_compiling_for_inference_is_refused_off_gpu(dataset):
+    """CUDA graphs are the GPU's fix for launch overhead; on a CPU compiling measured no faster."""
+    policy = Policy.from_dataset(small_config("flow"), dataset)
+    with pytest.raises(ConfigError, match="CUDA GPUs only; this policy is on cpu"):
+        policy.compile_for_inference()
 
 
 def test_mismatched_checkpoints_fail_clearly(dataset, tmp_path):

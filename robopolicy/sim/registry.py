@@ -40,12 +40,15 @@ def _load_builtin() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
     import importlib
     import os
 
-    from robopolicy.sim import robosuite_env  # noqa: F401  (registers robosuite/*)
-    from robopolicy.sim import tabletop  # noqa: F401  (registers tabletop/*)
+    try:
+        from robopolicy.sim import robosuite_env  # noqa: F401  (registers robosuite/*)
+        from robopolicy.sim import tabletop  # noqa: F401  (registers tabletop/*)
+    except ImportError as err:
+        raise EnvError(f"simulation needs MuJoCo and robosuite (pip install -e '.[sim]'): {err}") from None
+    _loaded = True
 
     for module in filter(None, (m.strip() for m in os.environ.get("ROBOPOLICY_PLUGINS", "").split(","))):
         try:
