@@ -28,16 +28,22 @@ def run(config: Path, overrides: list[str]) -> dict:
 
     out = run_experiment(config, overrides)
     s, t, train = out["report"].summary, out["timings"], out["train"]
-    record = {
-        "config": str(config), "overrides": overrides, "env": s["env"], "head": s["policy"]["head"],
-        "episodes": s["episodes"], "successes": s["successes"], "success_rate": s["success_rate"], "ci95": s["ci95"],
-        "seeds": [s["seeds"][0], s["seeds"][-1]], "mean_episode_length": s["mean_episode_length"],
-        "train_steps": train.steps, "train_seconds": t["train_s"], "collect_seconds": t["collect_s"],
-        "eval_seconds": t["eval_s"], "episodes_per_min": s["timing"]["episodes_per_min"], "machine": machine(),
-        "per_task": {task: [r["successes"], r["episodes"]] for task, r in (s.get("per_task") or {}).items()},
-        "command": f"python bench/bench_success.py {config} {' '.join(overrides)}".strip(),
-    }
+    record = record_of(s, train_steps=train.steps, train_seconds=t["train_s"], collect_seconds=t["collect_s"],
+                       eval_seconds=t["eval_s"], config=str(config), overrides=overrides,
+                       command=f"python bench/bench_success.py {config} {' '.join(overrides)}".strip())
     return save(train.run_dir.name, record)
+
+
+def record_of(s: dict, **fields) -> dict:
+    """One result record: the evaluation summary's figures plus the training and timing `fields`."""
+    return {
+        "env": s["env"], "head": s["policy"]["head"], "episodes": s["episodes"], "successes": s["successes"],
+        "success_rate": s["success_rate"], "ci95": s["ci95"], "seeds": [s["seeds"][0], s["seeds"][-1]],
+        "mean_episode_length": s["mean_episode_length"], "episodes_per_min": s["timing"]["episodes_per_min"],
+        "machine": machine(),
+        "per_task": {task: [r["successes"], r["episodes"]] for task, r in (s.get("per_task") or {}).items()},
+        **fields,
+    }
 
 
 def save(name: str, record: dict) -> dict:
@@ -56,15 +62,10 @@ def evaluate_run(run_dir: Path, env: str | None, trained_on: str) -> dict:
     checkpoint = run_dir / "checkpoints" / "last"
     steps, seconds = trained_steps_and_seconds(run_dir, checkpoint, cfg.train.batch_size)
     s = evaluate(checkpoint, env, cfg.eval, run_dir / "eval" / "final").summary
-    record = {
-        "config": str(run_dir / "config.yaml"), "overrides": [], "env": env, "head": s["policy"]["head"],
-        "episodes": s["episodes"], "successes": s["successes"], "success_rate": s["success_rate"], "ci95": s["ci95"],
-        "seeds": [s["seeds"][0], s["seeds"][-1]], "mean_episode_length": s["mean_episode_length"],
-        "train_steps": steps, "train_seconds": seconds, "trained_on": trained_on, "collect_seconds": None,
-        "eval_seconds": s["timing"]["wall_s"], "episodes_per_min": s["timing"]["episodes_per_min"], "machine": machine(),
-        "per_task": {task: [r["successes"], r["episodes"]] for task, r in (s.get("per_task") or {}).items()},
-        "command": f"python bench/bench_success.py --evaluate {run_dir} --env {env} --trained-on '{trained_on}'",
-    }
+    record = record_of(s, train_steps=steps, train_seconds=seconds, collect_seconds=None,
+                       eval_seconds=s["timing"]["wall_s"], config=str(run_dir / "config.yaml"), overrides=[],
+                       trained_on=trained_on,
+                       command=f"python bench/bench_success.py --evaluate {run_dir} --env {env} --trained-on '{trained_on}'")
     return save(run_dir.name, record)
 
 

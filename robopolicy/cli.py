@@ -189,14 +189,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from robopolicy.deploy.loop import WatchdogConfig
     from robopolicy.deploy.run import deploy, make_robot
     from robopolicy.deploy.safety import SafetyConfig
-    from robopolicy.system import best_device
 
     if bool(args.checkpoint) == bool(args.server):
         raise RobopolicyError("give exactly one of --checkpoint (local policy) or --server (policy server URL)")
     if args.checkpoint:
         from robopolicy.policy.policy import Policy
 
-        policy = Policy.load(args.checkpoint, device=best_device() if args.device == "auto" else args.device)
+        policy = Policy.load(args.checkpoint, device=args.device)
         if args.compile:
             policy.compile_for_inference()
     else:

@@ -117,6 +117,5 @@ def new_token() -> str:
 
 def load_server_policy(checkpoint: str | Path, device: str = "auto"):
     from robopolicy.policy.policy import Policy
-    from robopolicy.system import best_device
 
-    return Policy.load(checkpoint, device=best_device() if device == "auto" else device)
+    return Policy.load(checkpoint, device=device)

@@ -220,7 +220,12 @@ class Policy(nn.Module):
 
         weights="ema" reads model.safetensors (the exported weights: the EMA when training used one);
         weights="raw" reads the optimizer's own weights from a training checkpoint's training_state/.
+        device="auto" picks cuda, else mps, else cpu.
         """
+        if device == "auto":
+            from robopolicy.system import best_device
+
+            device = best_device()
         directory = Path(directory)
         spec = read_spec(directory)
         policy = cls(spec)
