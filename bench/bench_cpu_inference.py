@@ -1,0 +1,94 @@
+"""Where a CPU chunk's time goes, and what the usual inference tricks change (the latency targets).
+
+  python bench/bench_cpu_inference.py [--variants eager,bf16_vision,inductor_freezing] [--repeats 15]
+
+Same workload as `bench_policy.py`'s latency half (LeRobot Lift fixture, 2 frames x 2 cameras,
+ResNet-18-GN shared + U-Net 64/128/256, batch 1, 2 threads). For each variant it prints the
+observation encoder alone, one U-Net denoising step alone, and whole chunks (flow-1/2/10, DDIM-10):
+- eager: the policy as `Policy.load` gives it (fp32);
+- bf16_vision: the ResNet's weights stored in bf16 and channels_last (oneDNN's AMX/AVX512-BF16
+  convolutions), inputs cast in and features cast out; the U-Net stays fp32;
+- inductor_freezing: `torch.compile` of the encoder and the denoiser with inductor's freezing
+  (constant-folded, pre-packed weights; CPU C++ kernels with fused element-wise operators). The
+  first calls compile (minutes on 2 cores) and are not counted.
+Each variant runs in its own process state (compiled kernels stay compiled), so run one variant per
+call when comparing compile settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+from torch import nn
+
+from bench_policy import FIXTURE, build
+from benchlib import machine, median_ms
+from robopolicy.data.dataset import LeRobotDataset
+
+
+class BF16Vision(nn.Module):
+    """A vision encoder run with bf16, channels_last weights behind an fp32 interface."""
+
+    def __init__(self, vision: nn.Module):
+        super().__init__()
+        self.inner = vision.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+
+    def forward(self, images: dict) -> torch.Tensor:
+        return self.inner({k: v.to(torch.bfloat16) for k, v in images.items()}).float()
+
+
+def prepare(policy, variant: str):
+    if variant == "bf16_vision":
+        policy.encoder.vision = BF16Vision(policy.encoder.vision)
+    elif variant == "inductor_freezing":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        policy.encoder.compile(dynamic=False)
+        policy.head.denoiser.compile(dynamic=False)
+    elif variant != "eager":
+        raise SystemExit(f"unknown variant {variant!r}: eager, bf16_vision or inductor_freezing")
+    return policy.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default="eager,bf16_vision,inductor_freezing")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    ds = LeRobotDataset(FIXTURE)
+    ds.frame_cache.warm()
+    row = 100
+    obs = {"observation.state": ds.columns["observation.state"][row - 1:row + 1]}
+    obs.update({k: ds.frames(k, [row - 1, row]) for k in ds.camera_keys})
+    print(f"machine: {machine()}, torch {torch.__version__}, threads {args.threads}")
+    cpu = torch.device("cpu")
+    reference = build("fixture_lift_flow.yaml", [], ds, cpu).eval()
+    expected = reference.predict_chunk(obs, steps=10, generator=torch.Generator().manual_seed(0))
+    for variant in args.variants.split(","):
+        flow = prepare(build("fixture_lift_flow.yaml", [], ds, cpu), variant)
+        diffusion = prepare(build("fixture_lift_diffusion.yaml", ["policy.diffusion.scheduler=ddim"], ds, cpu), variant)
+        net = flow.head.denoiser
+        with torch.inference_mode():
+            batch = flow.normalizer.normalize_batch(flow.observation_batch(obs))
+            cond = flow.encoder(batch)
+            prepared = net.prepare(cond)
+            x = torch.randn(1, flow.config.horizon, flow.spec.action_dim)
+            t = torch.full((1,), 500.0)
+            encoder_ms = median_ms(lambda: flow.encoder(batch), args.repeats, warmup=3)
+            step_ms = median_ms(lambda: net(x, t, cond, prepared=prepared), 3 * args.repeats, warmup=3)
+        chunk = lambda policy, steps: policy.predict_chunk(obs, steps=steps, generator=torch.Generator().manual_seed(0))
+        error = float(abs(chunk(flow, 10) - expected).max())
+        chunks = {f"flow-{s}": median_ms(lambda: chunk(flow, s), args.repeats, warmup=2) for s in (1, 2, 10)}
+        chunks["DDIM-10"] = median_ms(lambda: chunk(diffusion, 10), args.repeats, warmup=2)
+        print(f"{variant:<18} encoder {encoder_ms:6.1f} ms, U-Net step {step_ms:5.2f} ms | "
+              + ", ".join(f"{k} {v:6.1f} ms" for k, v in chunks.items())
+              + f" | flow-10 chunk vs eager fp32: max diff {error:.1e}")
+
+
+if __name__ == "__main__":
+    main()
