@@ -23,7 +23,7 @@ import os
 import torch
 from torch import nn
 
-from bench_policy import FIXTURE, build
+from bench_policy import FIXTURE, build, fixture_observation
 from benchlib import machine, median_ms
 from robopolicy.data.dataset import LeRobotDataset
 
@@ -62,9 +62,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ds = LeRobotDataset(FIXTURE)
     ds.frame_cache.warm()
-    row = 100
-    obs = {"observation.state": ds.columns["observation.state"][row - 1:row + 1]}
-    obs.update({k: ds.frames(k, [row - 1, row]) for k in ds.camera_keys})
+    obs = fixture_observation(ds)
     print(f"machine: {machine()}, torch {torch.__version__}, threads {args.threads}")
     cpu = torch.device("cpu")
     reference = build("fixture_lift_flow.yaml", [], ds, cpu).eval()

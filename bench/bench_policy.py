@@ -42,6 +42,13 @@ def build(config: str, overrides: list[str], ds, device: torch.device, compiled:
     return policy.compile_for_inference() if compiled else policy
 
 
+def fixture_observation(ds, row: int = 100) -> dict:
+    """One two-frame observation (state + both cameras at frames row-1, row) as a robot would send it."""
+    obs = {"observation.state": ds.columns["observation.state"][row - 1:row + 1]}
+    obs.update({k: ds.frames(k, [row - 1, row]) for k in ds.camera_keys})
+    return obs
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -113,9 +120,7 @@ def main() -> None:
                       f" = {args.batch_size * 1000 / ms:5.1f} samples/s"
                       f"   (LeRobot 0.4.4: {LEROBOT[key]} ms/step = {32000 / LEROBOT[key]:.1f} samples/s)")
     if not args.skip_latency:
-        row = 100
-        obs = {"observation.state": ds.columns["observation.state"][row - 1:row + 1]}
-        obs.update({k: ds.frames(k, [row - 1, row]) for k in ds.camera_keys})
+        obs = fixture_observation(ds)
         warmup = 3 if args.compile else 1  # compiled: the first calls compile, record and replay the graphs
         diffusion = build("fixture_lift_diffusion.yaml", [], ds, device, args.compile)
         for label, scheduler, steps, ref in (("diffusion DDPM-100", "ddpm", 100, LEROBOT["ddpm100_ms"]),
