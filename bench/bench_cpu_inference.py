@@ -23,7 +23,7 @@ import os
 import torch
 from torch import nn
 
-from bench_policy import FIXTURE, build, fixture_observation
+from bench_policy import FIXTURE, build, fixture_observation, latency, latency_encoder
 from benchlib import machine, median_ms
 from robopolicy.data.dataset import LeRobotDataset
 
@@ -39,6 +39,9 @@ class BF16Vision(nn.Module):
         return self.inner({k: v.to(torch.bfloat16) for k, v in images.items()}).float()
 
 
+VARIANTS = ("eager", "bf16_vision", "inductor_freezing")
+
+
 def prepare(policy, variant: str):
     if variant == "bf16_vision":
         policy.encoder.vision = BF16Vision(policy.encoder.vision)
@@ -48,8 +51,6 @@ def prepare(policy, variant: str):
         inductor_config.freezing = True
         policy.encoder.compile(dynamic=False)
         policy.head.denoiser.compile(dynamic=False)
-    elif variant != "eager":
-        raise SystemExit(f"unknown variant {variant!r}: eager, bf16_vision or inductor_freezing")
     return policy.eval()
 
 
@@ -59,6 +60,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
     torch.set_num_threads(args.threads)
     ds = LeRobotDataset(FIXTURE)
     ds.frame_cache.warm()
@@ -67,22 +72,20 @@ def main() -> None:
     cpu = torch.device("cpu")
     reference = build("fixture_lift_flow.yaml", [], ds, cpu).eval()
     expected = reference.predict_chunk(obs, steps=10, generator=torch.Generator().manual_seed(0))
-    for variant in args.variants.split(","):
+    for variant in variants:
         flow = prepare(build("fixture_lift_flow.yaml", [], ds, cpu), variant)
         diffusion = prepare(build("fixture_lift_diffusion.yaml", ["policy.diffusion.scheduler=ddim"], ds, cpu), variant)
         net = flow.head.denoiser
+        error = float(abs(flow.predict_chunk(obs, steps=10, generator=torch.Generator().manual_seed(0)) - expected).max())
+        encoder_ms = latency_encoder(flow, obs, args.repeats)
         with torch.inference_mode():
-            batch = flow.normalizer.normalize_batch(flow.observation_batch(obs))
-            cond = flow.encoder(batch)
+            cond = flow.encoder(flow.normalizer.normalize_batch(flow.observation_batch(obs)))
             prepared = net.prepare(cond)
             x = torch.randn(1, flow.config.horizon, flow.spec.action_dim)
             t = torch.full((1,), 500.0)
-            encoder_ms = median_ms(lambda: flow.encoder(batch), args.repeats, warmup=3)
             step_ms = median_ms(lambda: net(x, t, cond, prepared=prepared), 3 * args.repeats, warmup=3)
-        chunk = lambda policy, steps: policy.predict_chunk(obs, steps=steps, generator=torch.Generator().manual_seed(0))
-        error = float(abs(chunk(flow, 10) - expected).max())
-        chunks = {f"flow-{s}": median_ms(lambda: chunk(flow, s), args.repeats, warmup=2) for s in (1, 2, 10)}
-        chunks["DDIM-10"] = median_ms(lambda: chunk(diffusion, 10), args.repeats, warmup=2)
+        chunks = {f"flow-{s}": latency(flow, obs, s, args.repeats, warmup=2) for s in (1, 2, 10)}
+        chunks["DDIM-10"] = latency(diffusion, obs, 10, args.repeats, warmup=2)
         print(f"{variant:<18} encoder {encoder_ms:6.1f} ms, U-Net step {step_ms:5.2f} ms | "
               + ", ".join(f"{k} {v:6.1f} ms" for k, v in chunks.items())
               + f" | flow-10 chunk vs eager fp32: max diff {error:.1e}")
