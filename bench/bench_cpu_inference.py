@@ -1,6 +1,6 @@
 """Where a CPU chunk's time goes, and what the usual inference tricks change (the latency targets).
 
-  python bench/bench_cpu_inference.py [--variants eager,bf16_vision,inductor_freezing] [--repeats 15]
+  python bench/bench_cpu_inference.py [--variants eager,bf16_vision,inductor_freezing,onnxruntime] [--repeats 15]
 
 Same workload as `bench_policy.py`'s latency half (LeRobot Lift fixture, 2 frames x 2 cameras,
 ResNet-18-GN shared + U-Net 64/128/256, batch 1, 2 threads). For each variant it prints the
@@ -10,7 +10,9 @@ observation encoder alone, one U-Net denoising step alone, and whole chunks (flo
   convolutions), inputs cast in and features cast out; the U-Net stays fp32;
 - inductor_freezing: `torch.compile` of the encoder and the denoiser with inductor's freezing
   (constant-folded, pre-packed weights; CPU C++ kernels with fused element-wise operators). The
-  first calls compile (minutes on 2 cores) and are not counted.
+  first calls compile (minutes on 2 cores) and are not counted;
+- onnxruntime: `Policy.compile_for_inference()` on a CPU — the camera encoder and the U-Net run as
+  ONNX Runtime sessions (robopolicy.policy.onnx_cpu), the rest of the chunk in PyTorch.
 Each variant runs in its own process state (compiled kernels stay compiled), so run one variant per
 call when comparing compile settings.
 """
@@ -39,7 +41,7 @@ class BF16Vision(nn.Module):
         return self.inner({k: v.to(torch.bfloat16) for k, v in images.items()}).float()
 
 
-VARIANTS = ("eager", "bf16_vision", "inductor_freezing")
+VARIANTS = ("eager", "bf16_vision", "inductor_freezing", "onnxruntime")
 
 
 def prepare(policy, variant: str):
@@ -51,12 +53,14 @@ def prepare(policy, variant: str):
         inductor_config.freezing = True
         policy.encoder.compile(dynamic=False)
         policy.head.denoiser.compile(dynamic=False)
+    elif variant == "onnxruntime":
+        policy.compile_for_inference()
     return policy.eval()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default="eager,bf16_vision,inductor_freezing")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()

@@ -1,6 +1,6 @@
 """Training throughput and chunk latency on the LeRobot Lift fixture, the workload LeRobot was measured on.
 
-  python bench/bench_policy.py [--steps 8] [--skip-train] [--skip-latency] [--device cuda [--compile]] [--batch-size 32]
+  python bench/bench_policy.py [--steps 8] [--skip-train] [--skip-latency] [--device cuda] [--compile] [--batch-size 32]
 
 Training: 2 cameras at 84x84, 2 observation frames, horizon 16, batch 32, one optimizer step
 (forward, backward, AdamW, EMA) per iteration; the "small" diffusion shape (one ResNet-18-GroupNorm
@@ -8,8 +8,9 @@ shared by both cameras + U-Net 64/128/256) and ACT (dim 256), fp32 vs bf16 autoc
 Latency: one `predict_chunk` from a single observation (2 frames x 2 cameras + state), batch 1,
 median of repeated calls, for diffusion DDPM-100 / DDIM-10, flow 1 / 2 / 4 / 10 steps, and ACT.
 On a GPU (`--device cuda`) each timed call ends with a device synchronize, so the figures are wall
-times of finished work, not of queued kernels; `--compile` times latency with the policy's CUDA
-graphs (`Policy.compile_for_inference`), after uncounted calls that compile and record them.
+times of finished work, not of queued kernels. `--compile` times latency after
+`Policy.compile_for_inference()`: CUDA graphs on a GPU (after uncounted calls that compile and record
+them), ONNX Runtime for the camera encoder and U-Net on a CPU.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def main() -> None:
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU figures")
-    parser.add_argument("--compile", action="store_true", help="latency with CUDA graphs (GPU only)")
+    parser.add_argument("--compile", action="store_true", help="latency after Policy.compile_for_inference()")
     parser.add_argument("--batch-size", type=int, default=32, help="training batch (LeRobot was measured at 32)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -88,11 +88,53 @@ def test_bad_observations_are_rejected(dataset):
         policy.predict_chunk({**obs, "observation.state": np.full(9, np.nan)})
 
 
-def test_compiling_for_inference_is_refused_off_gpu(dataset):
-    """CUDA graphs are the GPU's fix for launch overhead; on a CPU compiling measured no faster."""
-    policy = Policy.from_dataset(small_config("flow"), dataset)
-    with pytest.raises(ConfigError, match="CUDA GPUs only; this policy is on cpu"):
-        policy.compile_for_inference()
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["flow", "diffusion", "act"])
+def test_compiling_for_cpu_runs_onnx_runtime_and_keeps_the_chunks(dataset, tmp_path, head):
+    """On a CPU, compile_for_inference moves the camera encoders and the U-Net into ONNX Runtime."""
+    from robopolicy.policy.onnx_cpu import OnnxForward
+
+    torch.manual_seed(0)
+    cfg = small_config(head)
+    cfg.encoder.vision.shared = head != "diffusion"  # one trunk per camera, for one of them
+    policy = Policy.from_dataset(cfg, dataset).eval()
+    obs = observation(dataset, 100, 2)
+    committed = np.zeros((3, 7), np.float32)
+    expected = [policy.predict_chunk(obs, generator=torch.Generator().manual_seed(3)),
+                policy.predict_chunk(obs, prefix=committed, generator=torch.Generator().manual_seed(3))]
+    batch = WindowedDataset(dataset, WindowSpec(2, 16, policy.config.first_action_offset)
+                            .deltas(policy.observation_keys)).get_batch([5, 50])
+    with torch.no_grad():
+        expected_batch = policy.sample_actions(batch, generator=torch.Generator().manual_seed(3))
+
+    assert policy.compile_for_inference() is policy
+    vision = policy.encoder.vision
+    cameras = [vision.shared] if vision.shared is not None else list(vision.per_camera)
+    compiled = cameras + ([policy.head.denoiser] if head != "act" else [])
+    assert all(isinstance(m.forward, OnnxForward) for m in compiled)
+    got = [policy.predict_chunk(obs, generator=torch.Generator().manual_seed(3)),
+           policy.predict_chunk(obs, prefix=committed, generator=torch.Generator().manual_seed(3))]
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, atol=1e-4, rtol=1e-4)
+    if head != "act":  # a prefix is kept (to the normalizer's float rounding)
+        np.testing.assert_allclose(got[1][:3], committed, atol=1e-6)
+    with torch.no_grad():  # a batch of 2, though the graphs were exported at another batch size
+        np.testing.assert_allclose(policy.sample_actions(batch, generator=torch.Generator().manual_seed(3)),
+                                   expected_batch, atol=1e-4, rtol=1e-4)
+    # weights and their names are untouched: the compiled policy saves a checkpoint that loads
+    policy.save(tmp_path / "ckpt")
+    again = Policy.load(tmp_path / "ckpt").predict_chunk(obs, generator=torch.Generator().manual_seed(3))
+    np.testing.assert_allclose(again, expected[0], atol=1e-4, rtol=1e-4)
+    policy.train()
+    with pytest.raises(ConfigError, match="compiled for inference with ONNX Runtime; it cannot train"):
+        policy(batch)
+
+
+def test_compiling_for_cpu_refuses_a_policy_with_nothing_to_speed_up(dataset):
+    cfg = small_config("flow", encoder={"cameras": []})
+    cfg.denoiser.type = "transformer"
+    with pytest.raises(ConfigError, match="nothing in this policy runs faster with ONNX Runtime"):
+        Policy.from_dataset(cfg, dataset).compile_for_inference()
 
 
 def test_mismatched_checkpoints_fail_clearly(dataset, tmp_path):

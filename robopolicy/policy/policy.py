@@ -173,28 +173,42 @@ class Policy(nn.Module):
     def predict_chunk(self, observation: Mapping[str, Any], steps: int | None = None, prefix: np.ndarray | None = None,
                       generator: torch.Generator | None = None) -> np.ndarray:
         """(H', A) float32 actions in robot units for steps t, t+1, ... (H' = horizon + action_offset)."""
+        # Switching modes walks every submodule (~5 ms a call for a ResNet policy on a CPU), so it
+        # happens only when the policy is in training mode; a deployed policy stays in eval mode.
         was_training = self.training
-        self.eval()
+        if was_training:
+            self.eval()
         try:
             actions = self.sample_actions(self.observation_batch(observation), steps=steps,
                                           prefix=None if prefix is None else torch.as_tensor(prefix)[None],
                                           generator=generator)
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train()
         return actions[0].float().cpu().numpy()
 
     def compile_for_inference(self) -> "Policy":
-        """Capture the observation encoder and the head's network as CUDA graphs (torch.compile).
+        """Make batch-1 chunks fast on this device: CUDA graphs on a GPU, ONNX Runtime on a CPU.
 
-        A batch-1 chunk is hundreds of small kernels, so on a GPU its time is launch overhead:
-        graphs cut flow-10 from 66 to 8.5 ms and DDIM-10 from 68 to 13 ms on an H100
-        (bench/RESULTS.md). On CPUs torch.compile measured no faster than eager, so it is refused
-        there. The first chunks pay for compilation (seconds to a minute); call it once after
-        loading, then use `predict_chunk` as usual. For inference only: do not train afterwards.
+        A batch-1 chunk is hundreds of small operators, so its time is per-operator overhead.
+        On a GPU the observation encoder and the head's network are captured as CUDA graphs
+        (torch.compile): flow-10 66 -> 8.5 ms, DDIM-10 68 -> 13 ms on an H100. On a CPU the camera
+        encoders and the U-Net denoiser run in ONNX Runtime (`robopolicy.policy.onnx_cpu`; the
+        `onnx` extra); torch.compile measured little better than eager there. Figures:
+        bench/RESULTS.md. The first chunks (GPU) or this call (CPU, tens of seconds) pay for
+        compilation; call it once after loading, then use `predict_chunk` as usual. For inference
+        only: do not train afterwards.
         """
-        if self.device.type != "cuda":
-            raise ConfigError(f"compiling for inference speeds up CUDA GPUs only; this policy is on {self.device}")
         self.eval()
+        if self.device.type == "cpu":
+            from robopolicy.policy.onnx_cpu import compile_for_cpu
+
+            if not compile_for_cpu(self.encoder, self.head, torch.get_num_threads()):
+                raise ConfigError("nothing in this policy runs faster with ONNX Runtime (it has neither camera"
+                                  " encoders nor a U-Net denoiser); use it as it is")
+            return self
+        if self.device.type != "cuda":
+            raise ConfigError(f"compiling for inference speeds up CUDA GPUs and CPUs; this policy is on {self.device}")
         networks = [self.head.denoiser] if hasattr(self.head, "denoiser") else [self.head.encoder, self.head.decoder]
         if not hasattr(self.encoder, "bind_dataset"):  # a VLM backbone compiles poorly and is not launch-bound
             networks.append(self.encoder)
