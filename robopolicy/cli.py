@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="policy server token (default $ROBOPOLICY_TOKEN)")
     p.add_argument("--timeout", type=float, default=2.0, help="policy server request timeout, seconds")
     p.add_argument("--device", default="auto", help="where a local policy runs: auto (cuda, else mps, else cpu), cpu, cuda")
-    p.add_argument("--compile", action="store_true", help="CUDA graphs for a local policy on a GPU (faster chunks)")
+    p.add_argument("--compile", action="store_true", help="faster chunks for a local policy: CUDA graphs on a GPU, ONNX Runtime on a CPU")
     p.add_argument("--robot", default="sim:robosuite/Lift", help="sim:<env> or lerobot:<robot type>")
     p.add_argument("--robot-config", action="append", metavar="key=value",
                    help="robot options, e.g. port=/dev/ttyACM0 (lerobot) or max_steps=300 (sim); repeatable")
@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--token", default=None, help="shared token (default $ROBOPOLICY_TOKEN, else a new one is printed)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--compile", action="store_true", help="CUDA graphs for the policy on a GPU (faster chunks)")
+    p.add_argument("--compile", action="store_true", help="faster chunks: CUDA graphs on a GPU, ONNX Runtime on a CPU")
     p.add_argument("--max-message-mb", type=int, default=16)
     p.set_defaults(func=cmd_serve)
 

@@ -177,6 +177,17 @@ def test_sigterm_shuts_down_cleanly_and_keeps_the_recording(toy_checkpoint, tmp_
     assert len(ds) > 10
 
 
+@pytest.mark.slow
+def test_compiled_deploy_on_a_cpu_finishes_the_task(toy_checkpoint):
+    """`deploy --compile` on a CPU: the U-Net runs in ONNX Runtime and the loop still solves the task."""
+    cmd = [sys.executable, "-m", "robopolicy.cli", "deploy", "--checkpoint", str(toy_checkpoint),
+           "--robot", f"sim:{TOY}", "--hz", "20", "--max-steps", "60", "--device", "cpu", "--compile",
+           "--strategy", "sync"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "stopped: episode finished" in out.stdout and "task success: True" in out.stdout
+
+
 # ---------------------------------------------------------------------------- policy server
 @pytest.fixture
 def server(toy_checkpoint):
