@@ -38,7 +38,7 @@ class FiLMResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
         """`film` is this block's FiLM output (B, 2C), computed by `UNet1D` (see `prepare`)."""
         h = self.first(x)
-        scale, shift = rearrange(film, "b (two c) -> two b c 1", two=2)
+        scale, shift = film.unsqueeze(-1).chunk(2, dim=1)  # (B, C, 1) each
         h = self.second(h * scale + shift)
         return h + self.skip(x)
 
@@ -93,8 +93,8 @@ class UNet1D(nn.Module):
         if prepared is None:
             films = [b.film(torch.cat([time, cond.pooled], dim=-1)) for b in self.blocks()]
         else:
-            films = [F.linear(F.mish(time), b.film[1].weight[:, :self.time_dim]) + obs
-                     for b, obs in zip(self.blocks(), prepared)]
+            time = F.mish(time)
+            films = [F.linear(time, b.film[1].weight[:, :self.time_dim]) + obs for b, obs in zip(self.blocks(), prepared)]
         films = iter(films)
         h = rearrange(x, "b h a -> b a h")
         skips = []
