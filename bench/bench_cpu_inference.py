@@ -4,17 +4,18 @@
 
 Same workload as `bench_policy.py`'s latency half (LeRobot Lift fixture, 2 frames x 2 cameras,
 ResNet-18-GN shared + U-Net 64/128/256, batch 1, 2 threads). For each variant it prints the
-observation encoder alone, one U-Net denoising step alone, and whole chunks (flow-1/2/10, DDIM-10):
+observation encoder alone, one U-Net denoising step alone, whole chunks (flow-1/2/10, DDIM-10) and
+ACT's chunk (one frame, its transformer left as it is):
 - eager: the policy as `Policy.load` gives it (fp32);
 - bf16_vision: the ResNet's weights stored in bf16 and channels_last (oneDNN's AMX/AVX512-BF16
-  convolutions), inputs cast in and features cast out; the U-Net stays fp32;
+  convolutions), inputs cast in and features cast out; the rest stays fp32;
 - inductor_freezing: `torch.compile` of the encoder and the denoiser with inductor's freezing
   (constant-folded, pre-packed weights; CPU C++ kernels with fused element-wise operators). The
   first calls compile (minutes on 2 cores) and are not counted;
 - onnxruntime: `Policy.compile_for_inference()` on a CPU — the camera encoder and the U-Net run as
   ONNX Runtime sessions (robopolicy.policy.onnx_cpu), the rest of the chunk in PyTorch.
-Each variant runs in its own process state (compiled kernels stay compiled), so run one variant per
-call when comparing compile settings.
+Every variant is built first, then each figure is timed round-robin across the variants (one call
+of each in turn), so a shared machine's drift over the run weighs on all of them alike.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import os
 import torch
 from torch import nn
 
-from bench_policy import FIXTURE, build, fixture_observation, latency, latency_encoder
-from benchlib import machine, median_ms
+from bench_policy import FIXTURE, build, chunk_call, encoder_call, fixture_observation
+from benchlib import interleaved_median_ms, machine
 from robopolicy.data.dataset import LeRobotDataset
 
 
@@ -44,7 +45,7 @@ class BF16Vision(nn.Module):
 VARIANTS = ("eager", "bf16_vision", "inductor_freezing", "onnxruntime")
 
 
-def prepare(policy, variant: str):
+def prepare(policy, variant: str, denoiser: bool = True):
     if variant == "bf16_vision":
         policy.encoder.vision = BF16Vision(policy.encoder.vision)
     elif variant == "inductor_freezing":
@@ -52,10 +53,26 @@ def prepare(policy, variant: str):
 
         inductor_config.freezing = True
         policy.encoder.compile(dynamic=False)
-        policy.head.denoiser.compile(dynamic=False)
+        if denoiser:
+            policy.head.denoiser.compile(dynamic=False)
     elif variant == "onnxruntime":
         policy.compile_for_inference()
     return policy.eval()
+
+
+def step_call(policy, obs):
+    """One U-Net denoising step alone, on this observation's conditioning."""
+    net = policy.head.denoiser
+    with torch.inference_mode():
+        cond = policy.encoder(policy.normalizer.normalize_batch(policy.observation_batch(obs)))
+        prepared = net.prepare(cond)
+    x = torch.randn(1, policy.config.horizon, policy.spec.action_dim)
+    t = torch.full((1,), 500.0)
+
+    def call():
+        with torch.inference_mode():
+            net(x, t, cond, prepared=prepared)
+    return call
 
 
 def main() -> None:
@@ -72,27 +89,30 @@ def main() -> None:
     ds = LeRobotDataset(FIXTURE)
     ds.frame_cache.warm()
     obs = fixture_observation(ds)
+    act_obs = {k: v[-1:] for k, v in obs.items()}
     print(f"machine: {machine()}, torch {torch.__version__}, threads {args.threads}")
     cpu = torch.device("cpu")
     reference = build("fixture_lift_flow.yaml", [], ds, cpu).eval()
     expected = reference.predict_chunk(obs, steps=10, generator=torch.Generator().manual_seed(0))
+    figures: dict[str, dict] = {}  # figure -> variant -> call
+    errors = {}
     for variant in variants:
         flow = prepare(build("fixture_lift_flow.yaml", [], ds, cpu), variant)
         diffusion = prepare(build("fixture_lift_diffusion.yaml", ["policy.diffusion.scheduler=ddim"], ds, cpu), variant)
-        net = flow.head.denoiser
-        error = float(abs(flow.predict_chunk(obs, steps=10, generator=torch.Generator().manual_seed(0)) - expected).max())
-        encoder_ms = latency_encoder(flow, obs, args.repeats)
-        with torch.inference_mode():
-            cond = flow.encoder(flow.normalizer.normalize_batch(flow.observation_batch(obs)))
-            prepared = net.prepare(cond)
-            x = torch.randn(1, flow.config.horizon, flow.spec.action_dim)
-            t = torch.full((1,), 500.0)
-            step_ms = median_ms(lambda: net(x, t, cond, prepared=prepared), 3 * args.repeats, warmup=3)
-        chunks = {f"flow-{s}": latency(flow, obs, s, args.repeats, warmup=2) for s in (1, 2, 10)}
-        chunks["DDIM-10"] = latency(diffusion, obs, 10, args.repeats, warmup=2)
-        print(f"{variant:<18} encoder {encoder_ms:6.1f} ms, U-Net step {step_ms:5.2f} ms | "
-              + ", ".join(f"{k} {v:6.1f} ms" for k, v in chunks.items())
-              + f" | flow-10 chunk vs eager fp32: max diff {error:.1e}")
+        act = prepare(build("fixture_lift_act.yaml", [], ds, cpu), variant, denoiser=False)
+        chunk = flow.predict_chunk(obs, steps=10, generator=torch.Generator().manual_seed(0))
+        errors[variant] = float(abs(chunk - expected).max())
+        calls = {"encoder": encoder_call(flow, obs), "U-Net step": step_call(flow, obs)}
+        calls.update({f"flow-{s}": chunk_call(flow, obs, s) for s in (1, 2, 10)})
+        calls["DDIM-10"] = chunk_call(diffusion, obs, 10)
+        calls["ACT"] = chunk_call(act, act_obs, None)
+        for name, call in calls.items():
+            figures.setdefault(name, {})[variant] = call
+    results = {name: interleaved_median_ms(calls, 3 * args.repeats if name == "U-Net step" else args.repeats, warmup=3)
+               for name, calls in figures.items()}
+    for variant in variants:
+        print(f"{variant:<18} " + ", ".join(f"{name} {results[name][variant]:6.2f} ms" for name in figures)
+              + f" | flow-10 chunk vs eager fp32: max diff {errors[variant]:.1e}")
 
 
 if __name__ == "__main__":

@@ -88,10 +88,27 @@ def train_speed(policy: Policy, ds, precision: str, steps: int, batch_size: int 
     return float(np.median(times) * 1000)
 
 
-def latency(policy: Policy, observation: dict, steps: int | None, repeats: int = 15, warmup: int = 1) -> float:
+def chunk_call(policy: Policy, observation: dict, steps: int | None):
+    """One timed unit of latency: a `predict_chunk` from `observation` (fixed-seed noise)."""
     policy.eval()
     gen = torch.Generator().manual_seed(0)
-    return median_ms(lambda: policy.predict_chunk(observation, steps=steps, generator=gen), repeats, warmup)
+    return lambda: policy.predict_chunk(observation, steps=steps, generator=gen)
+
+
+def encoder_call(policy: Policy, observation: dict):
+    """The observation encoder alone on one normalized observation (the device synchronized)."""
+    with torch.inference_mode():
+        normalized = policy.normalizer.normalize_batch(policy.observation_batch(observation))
+
+    def call():
+        with torch.inference_mode():
+            policy.encoder(normalized)
+        synchronize(policy.device)
+    return call
+
+
+def latency(policy: Policy, observation: dict, steps: int | None, repeats: int = 15, warmup: int = 1) -> float:
+    return median_ms(chunk_call(policy, observation, steps), repeats, warmup)
 
 
 def main() -> None:
@@ -141,10 +158,7 @@ def main() -> None:
 
 
 def latency_encoder(policy: Policy, observation: dict, repeats: int = 15) -> float:
-    batch = policy.observation_batch(observation)
-    with torch.inference_mode():
-        normalized = policy.normalizer.normalize_batch(batch)
-        return median_ms(lambda: (policy.encoder(normalized), synchronize(policy.device)), repeats)
+    return median_ms(encoder_call(policy, observation), repeats)
 
 
 if __name__ == "__main__":

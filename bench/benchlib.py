@@ -1,5 +1,5 @@
 """What every benchmark script shares: the machine description recorded with each figure, and
-the median-of-repeats timer (the first calls pay for allocation and kernel selection, so they
+the median-of-repeats timers (the first calls pay for allocation and kernel selection, so they
 are run but not counted)."""
 
 from __future__ import annotations
@@ -34,3 +34,21 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return float(np.median(times) * 1000)
+
+
+def interleaved_median_ms(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median wall time of each of `fns`, timed round-robin (a, b, c, a, b, c, ...).
+
+    On a shared machine whose speed drifts over minutes, timing one variant after another
+    measures the drift as much as the variants; interleaving gives each the same conditions.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t) * 1000) for name, t in times.items()}

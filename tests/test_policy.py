@@ -118,6 +118,14 @@ def test_compiling_for_cpu_runs_onnx_runtime_and_keeps_the_chunks(dataset, tmp_p
         np.testing.assert_allclose(g, e, atol=1e-4, rtol=1e-4)
     if head != "act":  # a prefix is kept (to the normalizer's float rounding)
         np.testing.assert_allclose(got[1][:3], committed, atol=1e-6)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a cap on PyTorch's threads (as deployment sets) holds for ONNX Runtime too
+    try:
+        capped = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(3))
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(capped, expected[0], atol=1e-4, rtol=1e-4)
+    assert all(1 in m.forward.call.sessions for m in compiled)
     with torch.no_grad():  # a batch of 2, though the graphs were exported at another batch size
         np.testing.assert_allclose(policy.sample_actions(batch, generator=torch.Generator().manual_seed(3)),
                                    expected_batch, atol=1e-4, rtol=1e-4)

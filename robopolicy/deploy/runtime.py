@@ -94,7 +94,7 @@ class InferenceRuntime:
     # ------------------------------------------------------------------ lifecycle
     def _share_the_cpu(self) -> None:
         """Cap torch's threads and shorten the GIL switch interval (undone by `stop`); from the
-        first inference on, so no thread pool larger than the cap is ever started."""
+        first inference (`prime`) on, so no thread pool larger than the cap is ever started."""
         if self.strategy != "sync" and self._saved_threading is None:
             self._saved_threading = (torch.get_num_threads(), sys.getswitchinterval())
             torch.set_num_threads(self.inference_threads)
@@ -135,7 +135,10 @@ class InferenceRuntime:
     # ------------------------------------------------------------------ loop side
     def prime(self, step: int, observation: Mapping[str, Any]) -> None:
         """First inference, synchronous, before the clock starts: the first tick has an action,
-        and one-off costs (allocation, kernel selection, caches) are paid outside the loop."""
+        and one-off costs (allocation, kernel selection, caches) are paid outside the loop — at
+        the thread count background inference will run with (a compiled CPU policy makes its
+        ONNX Runtime sessions for that count here)."""
+        self._share_the_cpu()
         stacked = self.history.push({k: observation[k] for k in self.keys if k in observation})
         self._infer(step, stacked, prefix=None)
         with self._lock:

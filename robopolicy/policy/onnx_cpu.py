@@ -45,37 +45,48 @@ def _require_onnxruntime():
     return onnxruntime
 
 
-def export_session(module: nn.Module, example: Sequence[torch.Tensor], threads: int):
-    """Export `module(*example)` (first axis of every input dynamic) and open it in ONNX Runtime."""
-    ort = _require_onnxruntime()
+def export_model(module: nn.Module, example: Sequence) -> bytes:
+    """`module(*example)` as an ONNX model (the first axis of every input dynamic)."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     dynamic = tree_map(lambda _: {0: batch}, tuple(example))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, tuple(example), dynamo=True, optimize=True, verbose=False,
                                     dynamic_shapes=dynamic, report=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    # Idle ORT workers would spin and steal the cores PyTorch's own threads run the rest of the chunk on.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(program.model_proto.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
+    return program.model_proto.SerializeToString()
 
 
 class SessionCall:
-    """Tensors in, tensors out of one ONNX Runtime session (float32, CPU)."""
+    """Tensors in, tensors out of an ONNX Runtime session (float32, CPU).
 
-    def __init__(self, session):
-        self.session = session
-        self.names = [i.name for i in session.get_inputs()]
+    The session's thread count follows `torch.get_num_threads()` at each call (one session per
+    count, made on first use), so a cap set for PyTorch — the deployment runtime leaves one core
+    to the control loop — holds for ONNX Runtime too.
+    """
+
+    def __init__(self, model: bytes):
+        self.model = model
+        self.sessions: dict[int, object] = {}
+        self.names = [i.name for i in self.session().get_inputs()]
+
+    def session(self):
+        threads = torch.get_num_threads()
+        if threads not in self.sessions:
+            ort = _require_onnxruntime()
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            # idle workers would spin on the cores PyTorch's own threads run the rest of the chunk on
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self.sessions[threads] = ort.InferenceSession(self.model, options, providers=["CPUExecutionProvider"])
+        return self.sessions[threads]
 
     def __call__(self, *inputs) -> torch.Tensor:
         """`inputs` as the exported module took them (tensors, or lists of tensors)."""
         feed = {name: np.ascontiguousarray(x.detach().to(torch.float32).numpy())
                 for name, x in zip(self.names, tree_leaves(inputs))}
-        return torch.from_numpy(self.session.run(None, feed)[0])
+        return torch.from_numpy(self.session().run(None, feed)[0])
 
 
 class _UNetSteps(nn.Module):
@@ -93,8 +104,8 @@ class _UNetSteps(nn.Module):
 class OnnxForward:
     """What a compiled module's `forward` becomes: its inputs through one ONNX Runtime session."""
 
-    def __init__(self, module: nn.Module, name: str, session, adapt):
-        self.module, self.name, self.call, self.adapt = module, name, SessionCall(session), adapt
+    def __init__(self, module: nn.Module, name: str, model: bytes, adapt):
+        self.module, self.name, self.call, self.adapt = module, name, SessionCall(model), adapt
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         if self.module.training:
@@ -103,7 +114,7 @@ class OnnxForward:
         return self.call(*inputs).to(tree_leaves(inputs)[0].device)
 
 
-def compile_unet(net: UNet1D, horizon: int, action_dim: int, threads: int) -> None:
+def compile_unet(net: UNet1D, horizon: int, action_dim: int) -> None:
     """Route `net.forward` through ONNX Runtime; `net.prepare` and the weights stay as they are."""
     pooled = next(net.parameters()).new_zeros(1, net.blocks()[0].film[1].in_features - net.time_dim)
     with torch.no_grad():
@@ -111,24 +122,24 @@ def compile_unet(net: UNet1D, horizon: int, action_dim: int, threads: int) -> No
     # batch 2, not 1: the exporter would fix an axis of size 1 as a constant
     example = (torch.zeros(2, horizon, action_dim), torch.full((2,), 500.0),
                [p.expand(2, -1).contiguous() for p in prepared])
-    session = export_session(_UNetSteps(net).eval(), example, threads)
+    model = export_model(_UNetSteps(net).eval(), example)
 
     def adapt(x: torch.Tensor, t: torch.Tensor, cond: Conditioning, prepared: list[torch.Tensor] | None = None):
         if prepared is None:
             prepared = net.prepare(cond)
         return x, t.to(torch.float32).reshape(-1).expand(x.shape[0]), prepared
 
-    net.forward = OnnxForward(net, "U-Net denoiser", session, adapt)
+    net.forward = OnnxForward(net, "U-Net denoiser", model, adapt)
 
 
-def compile_camera_encoder(encoder: CameraEncoder, crop_hw: tuple[int, int], threads: int) -> None:
+def compile_camera_encoder(encoder: CameraEncoder, crop_hw: tuple[int, int]) -> None:
     """Route one camera encoder (trunk + keypoints + projection) through ONNX Runtime."""
     example = (torch.rand(2, 3, *crop_hw),)
-    session = export_session(encoder.eval(), example, threads)
-    encoder.forward = OnnxForward(encoder, "camera encoder", session, lambda images: (images,))
+    model = export_model(encoder.eval(), example)
+    encoder.forward = OnnxForward(encoder, "camera encoder", model, lambda images: (images,))
 
 
-def compile_for_cpu(encoder: nn.Module, head: nn.Module, threads: int) -> list[str]:
+def compile_for_cpu(encoder: nn.Module, head: nn.Module) -> list[str]:
     """Compile the networks of a policy that ONNX Runtime speeds up; returns what was compiled."""
     _require_onnxruntime()
     compiled = []
@@ -136,10 +147,10 @@ def compile_for_cpu(encoder: nn.Module, head: nn.Module, threads: int) -> list[s
     if isinstance(vision, VisionEncoder):
         cameras = [vision.shared] if vision.shared is not None else list(vision.per_camera)
         for camera in cameras:
-            compile_camera_encoder(camera, vision.crop_hw, threads)
+            compile_camera_encoder(camera, vision.crop_hw)
         compiled.append("camera encoder" if vision.shared is not None else f"{len(cameras)} camera encoders")
     denoiser = getattr(head, "denoiser", None)
     if isinstance(denoiser, UNet1D):
-        compile_unet(denoiser, head.horizon, head.action_dim, threads)
+        compile_unet(denoiser, head.horizon, head.action_dim)
         compiled.append("U-Net denoiser")
     return compiled

@@ -203,7 +203,7 @@ class Policy(nn.Module):
         if self.device.type == "cpu":
             from robopolicy.policy.onnx_cpu import compile_for_cpu
 
-            if not compile_for_cpu(self.encoder, self.head, torch.get_num_threads()):
+            if not compile_for_cpu(self.encoder, self.head):
                 raise ConfigError("nothing in this policy runs faster with ONNX Runtime (it has neither camera"
                                   " encoders nor a U-Net denoiser); use it as it is")
             return self
