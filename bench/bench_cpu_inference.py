@@ -26,7 +26,7 @@ import os
 import torch
 from torch import nn
 
-from bench_policy import FIXTURE, build, chunk_call, encoder_call, fixture_observation
+from bench_policy import FIXTURE, build, chunk_call, encoder_call, fixture_observation, normalized_observation
 from benchlib import interleaved_median_ms, machine
 from robopolicy.data.dataset import LeRobotDataset
 
@@ -64,7 +64,7 @@ def step_call(policy, obs):
     """One U-Net denoising step alone, on this observation's conditioning."""
     net = policy.head.denoiser
     with torch.inference_mode():
-        cond = policy.encoder(policy.normalizer.normalize_batch(policy.observation_batch(obs)))
+        cond = policy.encoder(normalized_observation(policy, obs))
         prepared = net.prepare(cond)
     x = torch.randn(1, policy.config.horizon, policy.spec.action_dim)
     t = torch.full((1,), 500.0)

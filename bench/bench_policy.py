@@ -95,10 +95,15 @@ def chunk_call(policy: Policy, observation: dict, steps: int | None):
     return lambda: policy.predict_chunk(observation, steps=steps, generator=gen)
 
 
+def normalized_observation(policy: Policy, observation: dict) -> dict:
+    """`observation` as the encoder reads it: a batch of 1, normalized."""
+    with torch.inference_mode():
+        return policy.normalizer.normalize_batch(policy.observation_batch(observation))
+
+
 def encoder_call(policy: Policy, observation: dict):
     """The observation encoder alone on one normalized observation (the device synchronized)."""
-    with torch.inference_mode():
-        normalized = policy.normalizer.normalize_batch(policy.observation_batch(observation))
+    normalized = normalized_observation(policy, observation)
 
     def call():
         with torch.inference_mode():

@@ -108,8 +108,8 @@ def test_compiling_for_cpu_runs_onnx_runtime_and_keeps_the_chunks(dataset, tmp_p
         expected_batch = policy.sample_actions(batch, generator=torch.Generator().manual_seed(3))
 
     assert policy.compile_for_inference() is policy
-    vision = policy.encoder.vision
-    cameras = [vision.shared] if vision.shared is not None else list(vision.per_camera)
+    cameras = policy.encoder.vision.camera_encoders()
+    assert len(cameras) == (2 if head == "diffusion" else 1)
     compiled = cameras + ([policy.head.denoiser] if head != "act" else [])
     assert all(isinstance(m.forward, OnnxForward) for m in compiled)
     got = [policy.predict_chunk(obs, generator=torch.Generator().manual_seed(3)),

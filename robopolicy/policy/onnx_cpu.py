@@ -4,8 +4,8 @@ Why: on a CPU a batch-1 chunk is bound by per-operator overhead, not arithmetic.
 ~250 small PyTorch operators over 5.8M weights, and PyTorch runs a batch-1 `Conv1d` through its
 im2col fallback; `torch.compile` (inductor, even with freezing) measured little better. ONNX
 Runtime runs the same graph as one session with fused element-wise kernels and MLAS convolutions:
-on the 2-core benchmark machine the U-Net step and the ResNet-18 encoder both run ~1.5-2.5x faster
-(bench/RESULTS.md, `bench/bench_cpu_inference.py`).
+on the 2-core benchmark machine the U-Net step and the ResNet-18 encoder run 1.2-1.4x faster and a
+flow-10 / DDIM-10 chunk 1.4-1.6x (bench/RESULTS.md, `bench/bench_cpu_inference.py`).
 
 How: each network is exported once with `torch.onnx.export` (the dynamo exporter, batch axis
 dynamic) and its module's `forward` is replaced, on that instance only, by a call into an ONNX
@@ -110,8 +110,7 @@ class OnnxForward:
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         if self.module.training:
             raise ConfigError(f"the {self.name} was compiled for inference with ONNX Runtime; it cannot train")
-        inputs = self.adapt(*args, **kwargs)
-        return self.call(*inputs).to(tree_leaves(inputs)[0].device)
+        return self.call(*self.adapt(*args, **kwargs))
 
 
 def compile_unet(net: UNet1D, horizon: int, action_dim: int) -> None:
@@ -139,18 +138,17 @@ def compile_camera_encoder(encoder: CameraEncoder, crop_hw: tuple[int, int]) -> 
     encoder.forward = OnnxForward(encoder, "camera encoder", model, lambda images: (images,))
 
 
-def compile_for_cpu(encoder: nn.Module, head: nn.Module) -> list[str]:
-    """Compile the networks of a policy that ONNX Runtime speeds up; returns what was compiled."""
+def compile_for_cpu(encoder: nn.Module, head: nn.Module) -> list[nn.Module]:
+    """Compile the networks of a policy (on the CPU) that ONNX Runtime speeds up; returns them."""
     _require_onnxruntime()
     compiled = []
     vision = getattr(encoder, "vision", None)
     if isinstance(vision, VisionEncoder):
-        cameras = [vision.shared] if vision.shared is not None else list(vision.per_camera)
-        for camera in cameras:
+        for camera in vision.camera_encoders():
             compile_camera_encoder(camera, vision.crop_hw)
-        compiled.append("camera encoder" if vision.shared is not None else f"{len(cameras)} camera encoders")
+            compiled.append(camera)
     denoiser = getattr(head, "denoiser", None)
     if isinstance(denoiser, UNet1D):
         compile_unet(denoiser, head.horizon, head.action_dim)
-        compiled.append("U-Net denoiser")
+        compiled.append(denoiser)
     return compiled

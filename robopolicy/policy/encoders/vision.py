@@ -91,6 +91,10 @@ class VisionEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
+    def camera_encoders(self) -> list[CameraEncoder]:
+        """The networks images go through: the shared one, or one per camera."""
+        return [self.shared] if self.shared is not None else list(self.per_camera)
+
     def crop(self, x: torch.Tensor, random: bool) -> torch.Tensor:
         """(N, 3, H, W) -> (N, 3, ch, cw): a random window per image in training, else the center."""
         n, _, h, w = x.shape
