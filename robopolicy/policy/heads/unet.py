@@ -81,20 +81,25 @@ class UNet1D(nn.Module):
             out += [level[0], level[1]]
         return out
 
-    def prepare(self, cond: Conditioning) -> list[torch.Tensor]:
-        """The observation half of every block's FiLM, computed once per chunk."""
-        pooled = cond.pooled
-        return [F.linear(F.mish(pooled), b.film[1].weight[:, self.time_dim:], b.film[1].bias) for b in self.blocks()]
+    def film_layers(self) -> list[nn.Linear]:
+        return [b.film[1] for b in self.blocks()]
+
+    def prepare(self, cond: Conditioning) -> torch.Tensor:
+        """The observation half of every block's FiLM, computed once per chunk: (B, sum of 2C), blocks side by side."""
+        films = self.film_layers()
+        weight = torch.cat([f.weight[:, self.time_dim:] for f in films])
+        return F.linear(F.mish(cond.pooled), weight, torch.cat([f.bias for f in films]))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
-                prepared: list[torch.Tensor] | None = None) -> torch.Tensor:
+                prepared: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, H, A) noisy actions, t (B,) noise level -> (B, H, A)."""
         time = self.time(t).to(cond.pooled.dtype)
         if prepared is None:
             films = [b.film(torch.cat([time, cond.pooled], dim=-1)) for b in self.blocks()]
-        else:
-            time = F.mish(time)
-            films = [F.linear(time, b.film[1].weight[:, :self.time_dim]) + obs for b, obs in zip(self.blocks(), prepared)]
+        else:  # the noise-level halves of all blocks in one product
+            layers = self.film_layers()
+            time_weight = torch.cat([f.weight[:, :self.time_dim] for f in layers])
+            films = (F.linear(F.mish(time), time_weight) + prepared).split([f.out_features for f in layers], dim=1)
         films = iter(films)
         h = rearrange(x, "b h a -> b a h")
         skips = []
