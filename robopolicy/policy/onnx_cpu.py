@@ -35,7 +35,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 from robopolicy.errors import ConfigError
 from robopolicy.policy.encoders.base import Conditioning
 from robopolicy.policy.encoders.vision import CameraEncoder, VisionEncoder
-from robopolicy.policy.heads.unet import UNet1D
+from robopolicy.policy.heads.unet import PreparedFiLM, UNet1D
 
 INSTALL_HINT = "pip install 'robopolicy[onnx]'"
 
@@ -131,8 +131,9 @@ class _UNetSteps(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
-        pooled = prepared.new_zeros(x.shape[0], 1)  # only its dtype is read when `prepared` is given
+    def forward(self, x: torch.Tensor, t: torch.Tensor, observation: torch.Tensor) -> torch.Tensor:
+        pooled = observation.new_zeros(x.shape[0], 1)  # only its dtype is read when `prepared` is given
+        prepared = PreparedFiLM(observation, self.net.film_time_weight())  # weights: folded into the graph
         return self.net(x, t, Conditioning(tokens=pooled[:, None], pooled=pooled), prepared=prepared)
 
 
@@ -155,13 +156,13 @@ def compile_unet(net: UNet1D, horizon: int, action_dim: int) -> None:
         prepared = net.prepare(Conditioning(tokens=pooled[:, None], pooled=pooled))
     # batch 2, not 1: the exporter would fix an axis of size 1 as a constant
     example = (torch.zeros(2, horizon, action_dim), torch.full((2,), 500.0),
-               prepared.expand(2, -1).contiguous())
+               prepared.observation.expand(2, -1).contiguous())
     model = export_model(_UNetSteps(_with_2d_convolutions(net)).eval(), example)
 
-    def adapt(x: torch.Tensor, t: torch.Tensor, cond: Conditioning, prepared: torch.Tensor | None = None):
+    def adapt(x: torch.Tensor, t: torch.Tensor, cond: Conditioning, prepared: PreparedFiLM | None = None):
         if prepared is None:
             prepared = net.prepare(cond)
-        return x, t.to(torch.float32).reshape(-1).expand(x.shape[0]), prepared
+        return x, t.to(torch.float32).reshape(-1).expand(x.shape[0]), prepared.observation
 
     net.forward = OnnxForward(net, "U-Net denoiser", model, adapt)
 

@@ -12,6 +12,8 @@ inference, where reading the weights dominates on CPUs.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -20,6 +22,11 @@ from torch import nn
 from robopolicy.policy.config import DenoiserConfig
 from robopolicy.policy.encoders.base import Conditioning
 from robopolicy.policy.heads.common import SinusoidalEmbedding
+
+
+class PreparedFiLM(NamedTuple):
+    observation: torch.Tensor  # (B, sum of 2C): every block's FiLM for the observation, bias included
+    time_weight: torch.Tensor  # (sum of 2C, time_dim): the blocks' noise-level columns, one product per step
 
 
 class ConvBlock(nn.Sequential):
@@ -84,22 +91,26 @@ class UNet1D(nn.Module):
     def film_layers(self) -> list[nn.Linear]:
         return [b.film[1] for b in self.blocks()]
 
-    def prepare(self, cond: Conditioning) -> torch.Tensor:
-        """The observation half of every block's FiLM, computed once per chunk: (B, sum of 2C), blocks side by side."""
+    def film_time_weight(self) -> torch.Tensor:
+        """The noise-level columns of every block's FiLM layer, stacked: (sum of 2C, time_dim)."""
+        return torch.cat([f.weight[:, :self.time_dim] for f in self.film_layers()])
+
+    def prepare(self, cond: Conditioning) -> PreparedFiLM:
+        """What every denoising step of a chunk shares: the FiLMs' observation halves, blocks side by side."""
         films = self.film_layers()
         weight = torch.cat([f.weight[:, self.time_dim:] for f in films])
-        return F.linear(F.mish(cond.pooled), weight, torch.cat([f.bias for f in films]))
+        observation = F.linear(F.mish(cond.pooled), weight, torch.cat([f.bias for f in films]))
+        return PreparedFiLM(observation, self.film_time_weight())
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
-                prepared: torch.Tensor | None = None) -> torch.Tensor:
+                prepared: PreparedFiLM | None = None) -> torch.Tensor:
         """x (B, H, A) noisy actions, t (B,) noise level -> (B, H, A)."""
         time = self.time(t).to(cond.pooled.dtype)
         if prepared is None:
             films = [b.film(torch.cat([time, cond.pooled], dim=-1)) for b in self.blocks()]
         else:  # the noise-level halves of all blocks in one product
-            layers = self.film_layers()
-            time_weight = torch.cat([f.weight[:, :self.time_dim] for f in layers])
-            films = (F.linear(F.mish(time), time_weight) + prepared).split([f.out_features for f in layers], dim=1)
+            films = (F.linear(F.mish(time), prepared.time_weight) + prepared.observation).split(
+                [f.out_features for f in self.film_layers()], dim=1)
         films = iter(films)
         h = rearrange(x, "b h a -> b a h")
         skips = []
