@@ -6,9 +6,11 @@ im2col fallback; `torch.compile` (inductor, even with freezing) measured little 
 Runtime runs the same graph as one session with fused element-wise kernels and MLAS convolutions:
 on the 2-core benchmark machine the U-Net step and the ResNet-18 encoder run 1.2-1.4x faster and a
 flow-10 / DDIM-10 chunk 1.4-1.6x (bench/RESULTS.md, `bench/bench_cpu_inference.py`).
-The U-Net's 1-D convolutions are exported as 1 x k 2-D ones: ONNX Runtime runs 2-D convolutions
-in its blocked (NCHWc) layout, which for batch-1 signals of 4-16 steps is ~1.3x faster per U-Net
-step than its 1-D path (same weights, same results).
+Two rewrites at export time only (same weights, same results): the U-Net's 1-D convolutions
+become 1 x k 2-D ones, which ONNX Runtime runs in its blocked (NCHWc) layout, ~1.3x faster per U-Net
+step for batch-1 signals of 4-16 steps than its 1-D path; and GroupNorm (U-Net and ResNet-GN alike)
+reshapes with only the batch axis inferred, so the graph needs no Shape node per normalization
+(~10% of a U-Net step).
 
 How: each network is exported once with `torch.onnx.export` (the dynamo exporter, batch axis
 dynamic) and its module's `forward` is replaced, on that instance only, by a call into an ONNX
@@ -95,7 +97,7 @@ class SessionCall:
 
 
 class _Conv1dAs2d(nn.Module):
-    """A `Conv1d` / `ConvTranspose1d` computed as a 1 x k 2-D convolution (for export only; see above)."""
+    """A `Conv1d` / `ConvTranspose1d` computed as a 1 x k 2-D convolution (see the module's docstring)."""
 
     def __init__(self, conv: nn.Conv1d | nn.ConvTranspose1d):
         super().__init__()
@@ -114,13 +116,32 @@ class _Conv1dAs2d(nn.Module):
         return y.squeeze(2)
 
 
-def _with_2d_convolutions(module: nn.Module) -> nn.Module:
-    """A copy of `module` whose 1-D convolutions run as 2-D ones (the copy is only exported)."""
+class _GroupNormStaticShape(nn.Module):
+    """GroupNorm written as reshape -> instance norm -> reshape with only the batch axis inferred."""
+
+    def __init__(self, norm: nn.GroupNorm):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, shape = self.norm, x.shape[1:]
+        grouped = F.instance_norm(x.reshape(-1, n.num_groups, shape.numel() // n.num_groups), eps=n.eps)
+        y = grouped.reshape(-1, *shape)
+        if n.affine:
+            trailing = (1,) * (len(shape) - 1)
+            y = y * n.weight.view(-1, *trailing) + n.bias.view(-1, *trailing)
+        return y
+
+
+def _for_export(module: nn.Module) -> nn.Module:
+    """A copy of `module` with the export-time rewrites above (the copy is only exported)."""
     module = copy.deepcopy(module)
     for parent in list(module.modules()):
         for name, child in parent.named_children():
             if isinstance(child, (nn.Conv1d, nn.ConvTranspose1d)):
                 setattr(parent, name, _Conv1dAs2d(child))
+            elif isinstance(child, nn.GroupNorm):
+                setattr(parent, name, _GroupNormStaticShape(child))
     return module
 
 
@@ -157,7 +178,7 @@ def compile_unet(net: UNet1D, horizon: int, action_dim: int) -> None:
     # batch 2, not 1: the exporter would fix an axis of size 1 as a constant
     example = (torch.zeros(2, horizon, action_dim), torch.full((2,), 500.0),
                prepared.observation.expand(2, -1).contiguous())
-    model = export_model(_UNetSteps(_with_2d_convolutions(net)).eval(), example)
+    model = export_model(_UNetSteps(_for_export(net)).eval(), example)
 
     def adapt(x: torch.Tensor, t: torch.Tensor, cond: Conditioning, prepared: PreparedFiLM | None = None):
         if prepared is None:
@@ -170,7 +191,7 @@ def compile_unet(net: UNet1D, horizon: int, action_dim: int) -> None:
 def compile_camera_encoder(encoder: CameraEncoder, crop_hw: tuple[int, int]) -> None:
     """Route one camera encoder (trunk + keypoints + projection) through ONNX Runtime."""
     example = (torch.rand(2, 3, *crop_hw),)
-    model = export_model(encoder.eval(), example)
+    model = export_model(_for_export(encoder).eval(), example)
     encoder.forward = OnnxForward(encoder, "camera encoder", model, lambda images: (images,))
 
 
