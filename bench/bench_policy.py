@@ -64,7 +64,7 @@ def train_speed(policy: Policy, ds, precision: str, steps: int, batch_size: int 
                               .deltas(policy.observation_keys))
     loader = BatchLoader(windows, batch_size=batch_size, seed=0)
     bf16 = precision == "bf16"
-    if bf16:
+    if bf16 and policy.encoder.vision is not None:
         policy.encoder.vision.to(memory_format=torch.channels_last)
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)

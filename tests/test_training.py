@@ -18,6 +18,7 @@ from helpers import tiny_config
 from robopolicy.data.dataset import LeRobotDataset
 from robopolicy.errors import ConfigError
 from robopolicy.policy.policy import Policy
+from robopolicy.system import cpu_supports_bf16
 from robopolicy.train.logger import read_metrics
 from robopolicy.train.trainer import train
 
@@ -42,6 +43,9 @@ def test_each_head_learns_from_images_on_the_lerobot_fixture(tmp_path, head):
     assert np.array_equal(first, second)
     for name in ("config.yaml", "metrics.jsonl", "loss.png", "summary.json"):
         assert (result.run_dir / name).is_file(), name
+    # precision auto: an image policy autocasts to bf16 on a CPU that has bf16 units
+    expected = "torch.bfloat16" if cpu_supports_bf16() else "fp32"
+    assert json.loads((result.run_dir / "summary.json").read_text())["precision"] == expected
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -52,6 +56,8 @@ def test_each_head_overfits_one_episode(tmp_path, head):
     cfg = tiny_config(tmp_path, head, extra=["train.steps=500", "train.save_every=500", "data.episodes=[0]",
                                              "train.ema=false", "train.batch_size=16"] + extra)
     result = train(cfg)
+    # precision auto: a policy without images trains in fp32 on a CPU (autocast only slows it there)
+    assert json.loads((result.run_dir / "summary.json").read_text())["precision"] == "fp32"
     policy = Policy.load(result.checkpoint)
     ds = LeRobotDataset(LIFT_VIDEO)
     keys = policy.spec.keys("state")

@@ -36,7 +36,7 @@ class TrainConfig:
     ema_max_decay: float = 0.9999
     seed: int = 0
     device: str = "auto"  # auto = cuda, else mps, else cpu
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast where the hardware has it
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, and on bf16 CPUs for image policies
     num_threads: int = 0  # CPU threads for torch; 0 = all cores (divided among local ranks)
     log_every: int = 50
     save_every: int = 1000
