@@ -1,19 +1,19 @@
 """Where a CPU chunk's time goes, and what the usual inference tricks change (the latency targets).
 
-  python bench/bench_cpu_inference.py [--variants eager,bf16_vision,inductor_freezing,onnxruntime] [--repeats 15]
+  python bench/bench_cpu_inference.py [--variants eager,inductor_freezing,onnxruntime,onnxruntime_bf16_vision] [--repeats 15]
 
 Same workload as `bench_policy.py`'s latency half (LeRobot Lift fixture, 2 frames x 2 cameras,
 ResNet-18-GN shared + U-Net 64/128/256, batch 1, 2 threads). For each variant it prints the
 observation encoder alone, one U-Net denoising step alone, whole chunks (flow-1/2/10, DDIM-10) and
 ACT's chunk (one frame, its transformer left as it is):
 - eager: the policy as `Policy.load` gives it (fp32);
-- bf16_vision: the ResNet's weights stored in bf16 and channels_last (oneDNN's AMX/AVX512-BF16
-  convolutions), inputs cast in and features cast out; the rest stays fp32;
 - inductor_freezing: `torch.compile` of the encoder and the denoiser with inductor's freezing
   (constant-folded, pre-packed weights; CPU C++ kernels with fused element-wise operators). The
   first calls compile (minutes on 2 cores) and are not counted;
 - onnxruntime: `Policy.compile_for_inference()` on a CPU — the camera encoder and the U-Net run as
-  ONNX Runtime sessions (robopolicy.policy.onnx_cpu), the rest of the chunk in PyTorch.
+  ONNX Runtime sessions (robopolicy.policy.onnx_cpu), the rest of the chunk in PyTorch;
+- onnxruntime_bf16_vision: `Policy.compile_for_inference(vision_bf16=True)` — the U-Net as above,
+  the ResNet trunk as a bf16, channels_last copy (oneDNN's AMX / AVX512-BF16 convolutions).
 Every variant is built first, then each figure is timed round-robin across the variants (one call
 of each in turn), so a shared machine's drift over the run weighs on all of them alike.
 """
@@ -24,31 +24,16 @@ import argparse
 import os
 
 import torch
-from torch import nn
 
 from bench_policy import FIXTURE, build, chunk_call, encoder_call, fixture_observation, normalized_observation
 from benchlib import interleaved_median_ms, machine
 from robopolicy.data.dataset import LeRobotDataset
 
-
-class BF16Vision(nn.Module):
-    """A vision encoder run with bf16, channels_last weights behind an fp32 interface."""
-
-    def __init__(self, vision: nn.Module):
-        super().__init__()
-        self.inner = vision.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
-
-    def forward(self, images: dict) -> torch.Tensor:
-        return self.inner({k: v.to(torch.bfloat16) for k, v in images.items()}).float()
-
-
-VARIANTS = ("eager", "bf16_vision", "inductor_freezing", "onnxruntime")
+VARIANTS = ("eager", "inductor_freezing", "onnxruntime", "onnxruntime_bf16_vision")
 
 
 def prepare(policy, variant: str, denoiser: bool = True):
-    if variant == "bf16_vision":
-        policy.encoder.vision = BF16Vision(policy.encoder.vision)
-    elif variant == "inductor_freezing":
+    if variant == "inductor_freezing":
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True
@@ -57,6 +42,8 @@ def prepare(policy, variant: str, denoiser: bool = True):
             policy.head.denoiser.compile(dynamic=False)
     elif variant == "onnxruntime":
         policy.compile_for_inference()
+    elif variant == "onnxruntime_bf16_vision":
+        policy.compile_for_inference(vision_bf16=True)
     return policy.eval()
 
 
@@ -111,7 +98,7 @@ def main() -> None:
     results = {name: interleaved_median_ms(calls, 3 * args.repeats if name == "U-Net step" else args.repeats, warmup=3)
                for name, calls in figures.items()}
     for variant in variants:
-        print(f"{variant:<18} " + ", ".join(f"{name} {results[name][variant]:6.2f} ms" for name in figures)
+        print(f"{variant:<24} " + ", ".join(f"{name} {results[name][variant]:6.2f} ms" for name in figures)
               + f" | flow-10 chunk vs eager fp32: max diff {errors[variant]:.1e}")
 
 

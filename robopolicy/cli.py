@@ -197,7 +197,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
         policy = Policy.load(args.checkpoint, device=args.device)
         if args.compile:
-            policy.compile_for_inference()
+            policy.compile_for_inference(vision_bf16=args.compile == "bf16-vision")
     else:
         if args.compile or args.device != "auto":
             raise RobopolicyError("--device and --compile apply to a local --checkpoint; set them on the policy server")
@@ -239,7 +239,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("ROBOPOLICY_TOKEN") or new_token()
     policy = load_server_policy(args.checkpoint, args.device)
     if args.compile:
-        policy.compile_for_inference()
+        policy.compile_for_inference(vision_bf16=args.compile == "bf16-vision")
     server = PolicyServer(policy, token, host=args.host, port=args.port,
                           max_message_bytes=args.max_message_mb * 1024 * 1024)
     if not (args.token or os.environ.get("ROBOPOLICY_TOKEN")):
@@ -333,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="policy server token (default $ROBOPOLICY_TOKEN)")
     p.add_argument("--timeout", type=float, default=2.0, help="policy server request timeout, seconds")
     p.add_argument("--device", default="auto", help="where a local policy runs: auto (cuda, else mps, else cpu), cpu, cuda")
-    p.add_argument("--compile", action="store_true", help="faster chunks for a local policy: CUDA graphs on a GPU, ONNX Runtime on a CPU")
+    p.add_argument("--compile", nargs="?", const="fp32", choices=["fp32", "bf16-vision"], default=None,
+                   help="faster chunks for a local policy: CUDA graphs on a GPU, ONNX Runtime on a CPU;"
+                        " 'bf16-vision': camera trunks in bf16 on a CPU with AMX / AVX512-BF16")
     p.add_argument("--robot", default="sim:robosuite/Lift", help="sim:<env> or lerobot:<robot type>")
     p.add_argument("--robot-config", action="append", metavar="key=value",
                    help="robot options, e.g. port=/dev/ttyACM0 (lerobot) or max_steps=300 (sim); repeatable")
@@ -361,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--token", default=None, help="shared token (default $ROBOPOLICY_TOKEN, else a new one is printed)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--compile", action="store_true", help="faster chunks: CUDA graphs on a GPU, ONNX Runtime on a CPU")
+    p.add_argument("--compile", nargs="?", const="fp32", choices=["fp32", "bf16-vision"], default=None,
+                   help="faster chunks: CUDA graphs on a GPU, ONNX Runtime on a CPU;"
+                        " 'bf16-vision': camera trunks in bf16 on a CPU with AMX / AVX512-BF16")
     p.add_argument("--max-message-mb", type=int, default=16)
     p.set_defaults(func=cmd_serve)
 

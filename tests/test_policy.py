@@ -138,6 +138,38 @@ def test_compiling_for_cpu_runs_onnx_runtime_and_keeps_the_chunks(dataset, tmp_p
         policy(batch)
 
 
+@pytest.mark.slow
+def test_compiling_with_bf16_vision_keeps_chunks_close_and_the_weights_fp32(dataset, tmp_path):
+    """vision_bf16: camera trunks in bf16 (a copy) on CPUs with bf16 units; a clear error elsewhere."""
+    from robopolicy.policy.bf16_vision import Bf16TrunkForward
+    from robopolicy.system import cpu_supports_bf16
+
+    torch.manual_seed(0)
+    cfg = small_config("flow")
+    cfg.encoder.vision.backbone = "resnet18"
+    policy = Policy.from_dataset(cfg, dataset).eval()
+    if not cpu_supports_bf16():
+        with pytest.raises(ConfigError, match="vision_bf16 needs a CPU with AVX512-BF16 or AMX"):
+            policy.compile_for_inference(vision_bf16=True)
+        return
+    obs = observation(dataset, 100, 2)
+    expected = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(3))
+    policy.compile_for_inference(vision_bf16=True)
+    camera = policy.encoder.vision.camera_encoders()[0]
+    assert isinstance(camera.forward, Bf16TrunkForward)
+    got = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(3))
+    span = np.asarray(policy.stats["action"]["max"]) - np.asarray(policy.stats["action"]["min"])
+    error = np.abs(got - expected)[:, span > 0] / span[span > 0]
+    assert 0 < error.max() < 0.02, error.max()  # bf16 rounding, not a different policy
+    assert all(p.dtype == torch.float32 for p in policy.parameters())
+    policy.save(tmp_path / "ckpt")  # the checkpoint is the fp32 policy it was
+    again = Policy.load(tmp_path / "ckpt").predict_chunk(obs, generator=torch.Generator().manual_seed(3))
+    np.testing.assert_allclose(again, expected, atol=1e-5)
+    policy.train()
+    with pytest.raises(ConfigError, match="compiled for inference with a bf16 trunk; it cannot train"):
+        policy.encoder.vision.camera_encoders()[0](torch.rand(1, 3, *policy.encoder.vision.crop_hw))
+
+
 def test_compiling_for_cpu_refuses_a_policy_with_nothing_to_speed_up(dataset):
     cfg = small_config("flow", encoder={"cameras": []})
     cfg.denoiser.type = "transformer"

@@ -195,17 +195,26 @@ def compile_camera_encoder(encoder: CameraEncoder, crop_hw: tuple[int, int]) -> 
     encoder.forward = OnnxForward(encoder, "camera encoder", model, lambda images: (images,))
 
 
-def compile_for_cpu(encoder: nn.Module, head: nn.Module) -> list[nn.Module]:
-    """Compile the networks of a policy (on the CPU) that ONNX Runtime speeds up; returns them."""
-    _require_onnxruntime()
+def compile_for_cpu(encoder: nn.Module, head: nn.Module, vision_bf16: bool = False) -> list[nn.Module]:
+    """Compile the networks of a policy (on the CPU) that ONNX Runtime speeds up; returns them.
+
+    With `vision_bf16` the camera trunks run in bf16 in PyTorch instead (robopolicy.policy.bf16_vision).
+    """
     compiled = []
     vision = getattr(encoder, "vision", None)
     if isinstance(vision, VisionEncoder):
         for camera in vision.camera_encoders():
-            compile_camera_encoder(camera, vision.crop_hw)
+            if vision_bf16:
+                from robopolicy.policy.bf16_vision import compile_camera_encoder_bf16
+
+                compile_camera_encoder_bf16(camera)
+            else:
+                _require_onnxruntime()
+                compile_camera_encoder(camera, vision.crop_hw)
             compiled.append(camera)
     denoiser = getattr(head, "denoiser", None)
     if isinstance(denoiser, UNet1D):
+        _require_onnxruntime()
         compile_unet(denoiser, head.horizon, head.action_dim)
         compiled.append(denoiser)
     return compiled

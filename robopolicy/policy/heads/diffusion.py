@@ -29,6 +29,7 @@ class DiffusionHead(nn.Module):
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=self.cfg.num_train_timesteps, beta_schedule=self.cfg.beta_schedule,
             clip_sample=self.cfg.clip_sample, prediction_type=self.cfg.prediction_type)
+        self._samplers: dict[int, DDIMScheduler | DDPMScheduler] = {}
 
     def loss(self, cond: Conditioning, actions: torch.Tensor, is_pad: torch.Tensor | None = None) -> dict:
         noise = torch.randn_like(actions)
@@ -40,10 +41,17 @@ class DiffusionHead(nn.Module):
         return {"loss": loss, "mse": loss.detach()}
 
     def _sampler(self, steps: int):
-        kind = DDIMScheduler if self.cfg.scheduler == "ddim" else DDPMScheduler
-        scheduler = kind.from_config(self.noise_scheduler.config)
-        scheduler.set_timesteps(steps)
-        return scheduler
+        """The sampling scheduler for `steps` steps, built once (~2 ms of Python each time otherwise).
+
+        DDPM and DDIM steps read only their configuration and timesteps, so one instance serves
+        every chunk.
+        """
+        if steps not in self._samplers:
+            kind = DDIMScheduler if self.cfg.scheduler == "ddim" else DDPMScheduler
+            scheduler = kind.from_config(self.noise_scheduler.config)
+            scheduler.set_timesteps(steps)
+            self._samplers[steps] = scheduler
+        return self._samplers[steps]
 
     @torch.no_grad()
     def sample(self, cond: Conditioning, steps: int | None = None, prefix: torch.Tensor | None = None,
