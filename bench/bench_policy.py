@@ -1,6 +1,6 @@
 """Training throughput and chunk latency on the LeRobot Lift fixture, the workload LeRobot was measured on.
 
-  python bench/bench_policy.py [--steps 8] [--skip-train] [--skip-latency] [--device cuda] [--compile] [--batch-size 32]
+  python bench/bench_policy.py [--steps 8] [--skip-train] [--skip-latency] [--device cuda] [--compile [bf16-vision]] [--batch-size 32]
 
 Training: 2 cameras at 84x84, 2 observation frames, horizon 16, batch 32, one optimizer step
 (forward, backward, AdamW, EMA) per iteration; the "small" diffusion shape (one ResNet-18-GroupNorm
@@ -10,7 +10,9 @@ median of repeated calls, for diffusion DDPM-100 / DDIM-10, flow 1 / 2 / 4 / 10 
 On a GPU (`--device cuda`) each timed call ends with a device synchronize, so the figures are wall
 times of finished work, not of queued kernels. `--compile` times latency after
 `Policy.compile_for_inference()`: CUDA graphs on a GPU (after uncounted calls that compile and record
-them), ONNX Runtime for the camera encoder and U-Net on a CPU.
+them), ONNX Runtime for the camera encoder and U-Net on a CPU; `--compile bf16-vision` with the
+camera trunks in bf16 instead (`compile_for_inference(vision_bf16=True)`, CPUs with AMX / AVX512-BF16).
+LeRobot's own figures on the same machine: `bench/bench_lerobot.py`.
 """
 
 from __future__ import annotations
@@ -36,11 +38,11 @@ FIXTURE = REPO.parent / "shared" / "fixtures" / "lerobot_lift_v3"
 LEROBOT = {"train_diffusion_ms": 1800, "train_act_ms": 875, "ddpm100_ms": 748, "ddim10_ms": 83.6, "act_ms": 40.4}
 
 
-def build(config: str, overrides: list[str], ds, device: torch.device, compiled: bool = False) -> Policy:
+def build(config: str, overrides: list[str], ds, device: torch.device, compiled: str | None = None) -> Policy:
     cfg = load_config(REPO / "configs" / config, [f"data.path={FIXTURE}", *overrides])
     torch.manual_seed(0)
     policy = Policy.from_dataset(cfg.policy, ds).to(device)
-    return policy.compile_for_inference() if compiled else policy
+    return policy.compile_for_inference(vision_bf16=compiled == "bf16-vision") if compiled else policy
 
 
 def fixture_observation(ds, row: int = 100) -> dict:
@@ -123,7 +125,8 @@ def main() -> None:
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU figures")
-    parser.add_argument("--compile", action="store_true", help="latency after Policy.compile_for_inference()")
+    parser.add_argument("--compile", nargs="?", const="fp32", choices=["fp32", "bf16-vision"], default=None,
+                        help="latency after Policy.compile_for_inference() (bf16-vision: with vision_bf16=True)")
     parser.add_argument("--batch-size", type=int, default=32, help="training batch (LeRobot was measured at 32)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -157,6 +157,7 @@ def test_compiling_with_bf16_vision_keeps_chunks_close_and_the_weights_fp32(data
     policy.compile_for_inference(vision_bf16=True)
     camera = policy.encoder.vision.camera_encoders()[0]
     assert isinstance(camera.forward, Bf16TrunkForward)
+    assert camera.forward.trunk is not camera.forward.eager_trunk  # compiled by inductor (a C++ compiler is here)
     got = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(3))
     span = np.asarray(policy.stats["action"]["max"]) - np.asarray(policy.stats["action"]["min"])
     error = np.abs(got - expected)[:, span > 0] / span[span > 0]

@@ -1,10 +1,13 @@
 """Batch-1 CPU inference with the camera trunks in bf16 (opt-in: `compile_for_inference(vision_bf16=True)`).
 
-Why: on CPUs with AMX / AVX512-BF16, oneDNN's bf16 convolutions in channels_last run a ResNet-18
-over a chunk's images ~1.5x faster than fp32 (eager or ONNX Runtime) — the encoder is the largest
-single part of a CPU chunk (bench/RESULTS.md, `bench/bench_cpu_inference.py`). The price is bf16
-rounding in the image features: chunks differ from the fp32 policy by ~1e-3 of the action range, so
-it is a choice, not the default (a policy trained with bf16 autocast saw the same rounding).
+Why: the camera encoder is the largest single part of a CPU chunk. On CPUs with AMX / AVX512-BF16,
+oneDNN's bf16 convolutions in channels_last, compiled by inductor with freezing (weights folded and
+pre-packed once instead of reordered on every call), run the ResNet-18 over a chunk's 4 images in
+~7 ms on the 2-core benchmark machine, against ~12 ms in eager bf16 and ~19 ms in fp32 (eager or
+ONNX Runtime). The price is bf16 rounding in the image features: chunks differ from the fp32 policy
+by ~1e-3 of the action range, so it is a choice, not the default (a policy trained with bf16
+autocast saw the same rounding). Compiling takes ~20 s for a ResNet-18 (and again for each new
+batch size); where inductor cannot compile (no C++ compiler) the trunk runs in eager bf16.
 
 How: each camera encoder's `forward` is replaced, on that instance only, by a call into a bf16,
 channels_last copy of its trunk; the keypoint pooling and the projection stay fp32. The module's own
@@ -14,8 +17,10 @@ fp32 weights are untouched, so a compiled policy still saves the checkpoint it w
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
+import torch._inductor.config as inductor_config
 
 from robopolicy.errors import ConfigError
 from robopolicy.policy.encoders.vision import CameraEncoder
@@ -23,21 +28,31 @@ from robopolicy.system import cpu_supports_bf16
 
 
 class Bf16TrunkForward:
-    """What a camera encoder's `forward` becomes: trunk in bf16 (a copy), keypoints and projection fp32."""
+    """What a camera encoder's `forward` becomes: trunk in bf16 (a compiled copy), keypoints and projection fp32."""
 
-    def __init__(self, encoder: CameraEncoder):
+    def __init__(self, encoder: CameraEncoder, crop_hw: tuple[int, int]):
         self.encoder = encoder
-        self.trunk = copy.deepcopy(encoder.trunk).eval().to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+        self.eager_trunk = copy.deepcopy(encoder.trunk).eval().to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+        self.trunk = torch.compile(self.eager_trunk, dynamic=False)
+        try:  # compile now, not in the first chunk
+            self.run_trunk(torch.zeros(1, 3, *crop_hw))
+        except Exception as err:  # noqa: BLE001 - inductor needs a working C++ toolchain
+            warnings.warn(f"inductor could not compile the bf16 camera trunk ({type(err).__name__}: {err});"
+                          " it runs in eager bf16", stacklevel=3)
+            self.trunk = self.eager_trunk
+
+    def run_trunk(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), inductor_config.patch(freezing=True):
+            return self.trunk(images.to(dtype=torch.bfloat16, memory_format=torch.channels_last)).float()
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.encoder.training:
             raise ConfigError("the camera encoder was compiled for inference with a bf16 trunk; it cannot train")
-        features = self.trunk(images.to(dtype=torch.bfloat16, memory_format=torch.channels_last)).float()
-        return self.encoder.project(self.encoder.pool(features))
+        return self.encoder.project(self.encoder.pool(self.run_trunk(images)))
 
 
-def compile_camera_encoder_bf16(encoder: CameraEncoder) -> None:
+def compile_camera_encoder_bf16(encoder: CameraEncoder, crop_hw: tuple[int, int]) -> None:
     if not cpu_supports_bf16():
         raise ConfigError("vision_bf16 needs a CPU with AVX512-BF16 or AMX (this one has neither; without them"
                           " bf16 convolutions are slower than fp32): compile without it")
-    encoder.forward = Bf16TrunkForward(encoder)
+    encoder.forward = Bf16TrunkForward(encoder, crop_hw)

@@ -207,7 +207,7 @@ def compile_for_cpu(encoder: nn.Module, head: nn.Module, vision_bf16: bool = Fal
             if vision_bf16:
                 from robopolicy.policy.bf16_vision import compile_camera_encoder_bf16
 
-                compile_camera_encoder_bf16(camera)
+                compile_camera_encoder_bf16(camera, vision.crop_hw)
             else:
                 _require_onnxruntime()
                 compile_camera_encoder(camera, vision.crop_hw)
