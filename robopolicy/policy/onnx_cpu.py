@@ -154,7 +154,7 @@ class _UNetSteps(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, observation: torch.Tensor) -> torch.Tensor:
         pooled = observation.new_zeros(x.shape[0], 1)  # only its dtype is read when `prepared` is given
-        prepared = PreparedFiLM(observation, self.net.film_time_weight())  # weights: folded into the graph
+        prepared = PreparedFiLM(observation, self.net)  # its stacked time weights: folded into the graph
         return self.net(x, t, Conditioning(tokens=pooled[:, None], pooled=pooled), prepared=prepared)
 
 

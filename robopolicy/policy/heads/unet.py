@@ -12,8 +12,6 @@ inference, where reading the weights dominates on CPUs.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -24,9 +22,20 @@ from robopolicy.policy.encoders.base import Conditioning
 from robopolicy.policy.heads.common import SinusoidalEmbedding
 
 
-class PreparedFiLM(NamedTuple):
-    observation: torch.Tensor  # (B, sum of 2C): every block's FiLM for the observation, bias included
-    time_weight: torch.Tensor  # (sum of 2C, time_dim): the blocks' noise-level columns, one product per step
+class PreparedFiLM:
+    """What every denoising step of a chunk shares (see `UNet1D.prepare`)."""
+
+    def __init__(self, observation: torch.Tensor, net: "UNet1D"):
+        self.observation = observation  # (B, sum of 2C): every block's FiLM for the observation, bias included
+        self._net, self._time_weight = net, None
+
+    @property
+    def time_weight(self) -> torch.Tensor:
+        """(sum of 2C, time_dim): the blocks' noise-level columns, stacked on first use (1.8 MB for
+        U-Net 64/128/256, so not at all when a compiled step has them folded in)."""
+        if self._time_weight is None:
+            self._time_weight = self._net.film_time_weight()
+        return self._time_weight
 
 
 class ConvBlock(nn.Sequential):
@@ -97,10 +106,9 @@ class UNet1D(nn.Module):
 
     def prepare(self, cond: Conditioning) -> PreparedFiLM:
         """What every denoising step of a chunk shares: the FiLMs' observation halves, blocks side by side."""
-        films = self.film_layers()
-        weight = torch.cat([f.weight[:, self.time_dim:] for f in films])
-        observation = F.linear(F.mish(cond.pooled), weight, torch.cat([f.bias for f in films]))
-        return PreparedFiLM(observation, self.film_time_weight())
+        pooled = F.mish(cond.pooled)  # one product per block: stacking the weights would copy megabytes
+        observation = torch.cat([F.linear(pooled, f.weight[:, self.time_dim:], f.bias) for f in self.film_layers()], dim=1)
+        return PreparedFiLM(observation, self)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
                 prepared: PreparedFiLM | None = None) -> torch.Tensor:
