@@ -7,7 +7,7 @@ pre-packed once instead of reordered on every call), run the ResNet-18 over a ch
 ONNX Runtime). The price is bf16 rounding in the image features: chunks differ from the fp32 policy
 by ~1e-3 of the action range, so it is a choice, not the default (a policy trained with bf16
 autocast saw the same rounding). Compiling takes ~20 s for a ResNet-18 (and again for each new
-batch size); where inductor cannot compile (no C++ compiler) the trunk runs in eager bf16.
+batch size or thread count); where inductor cannot compile (no C++ compiler) the trunk runs in eager bf16.
 
 How: each camera encoder's `forward` is replaced, on that instance only, by a call into a bf16,
 channels_last copy of its trunk; the keypoint pooling and the projection stay fp32. The module's own
@@ -28,22 +28,35 @@ from robopolicy.system import cpu_supports_bf16
 
 
 class Bf16TrunkForward:
-    """What a camera encoder's `forward` becomes: trunk in bf16 (a compiled copy), keypoints and projection fp32."""
+    """What a camera encoder's `forward` becomes: trunk in bf16 (a compiled copy), keypoints and projection fp32.
+
+    Inductor fixes a kernel's thread count when it compiles it, so there is one compiled trunk per
+    `torch.get_num_threads()` (made on first use: the deployment runtime's cap, which leaves a core
+    to the control loop, is applied before its first, untimed chunk, so that is where it compiles).
+    """
 
     def __init__(self, encoder: CameraEncoder, crop_hw: tuple[int, int]):
         self.encoder = encoder
         self.eager_trunk = copy.deepcopy(encoder.trunk).eval().to(dtype=torch.bfloat16, memory_format=torch.channels_last)
-        self.trunk = torch.compile(self.eager_trunk, dynamic=False)
+        self.trunks: dict[int, torch.nn.Module] = {}
         try:  # compile now, not in the first chunk
             self.run_trunk(torch.zeros(1, 3, *crop_hw))
         except Exception as err:  # noqa: BLE001 - inductor needs a working C++ toolchain
             warnings.warn(f"inductor could not compile the bf16 camera trunk ({type(err).__name__}: {err});"
                           " it runs in eager bf16", stacklevel=3)
-            self.trunk = self.eager_trunk
+            self.trunks = None
+
+    def trunk(self) -> torch.nn.Module:
+        if self.trunks is None:
+            return self.eager_trunk
+        threads = torch.get_num_threads()
+        if threads not in self.trunks:  # a copy: compiled code is cached per module
+            self.trunks[threads] = torch.compile(copy.deepcopy(self.eager_trunk), dynamic=False)
+        return self.trunks[threads]
 
     def run_trunk(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), inductor_config.patch(freezing=True):
-            return self.trunk(images.to(dtype=torch.bfloat16, memory_format=torch.channels_last)).float()
+            return self.trunk()(images.to(dtype=torch.bfloat16, memory_format=torch.channels_last)).float()
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.encoder.training:
