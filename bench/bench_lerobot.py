@@ -3,7 +3,8 @@
   python -m venv --system-site-packages /tmp/lerobot && /tmp/lerobot/bin/pip install "lerobot==0.4.4"
   /tmp/lerobot/bin/python bench/bench_lerobot.py [--steps 8] [--repeats 15]
 
-Runs in an environment with LeRobot installed (it pins its own torch; robopolicy is not imported).
+Runs in an environment with LeRobot installed (it pins its own torch); robopolicy is not imported,
+only this folder's benchlib.
 The workloads of `bench_policy.py`, built the way DESIGN.md measured LeRobot: the Lift fixture's
 features (2 cameras at 84x84 cropped to 76x76, state, 2 observation frames, horizon 16, batch 32),
 "small" diffusion = one ResNet-18 with GroupNorm shared by the cameras + spatial softmax (32
@@ -17,15 +18,13 @@ from one already-normalized observation, batch 1. Medians; 2 threads.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lerobot_lift_v3"
+from benchlib import machine, median_ms
+
 CAMERAS = ["observation.images.agentview", "observation.images.wrist"]
 
 
@@ -85,16 +84,6 @@ def train_ms(policy, n_obs: int, steps: int, batch_size: int) -> float:
     return float(np.median(times) * 1000)
 
 
-def median_ms(call, repeats: int) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
-
-
 def diffusion_chunk_call(policy):
     policy.eval()
     data = batch(1, 2, 16)
@@ -127,8 +116,8 @@ def main() -> None:
     torch.manual_seed(0)
     import lerobot
 
-    print(f"machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; lerobot {lerobot.__version__},"
-          f" torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"machine: {machine()}; lerobot {lerobot.__version__}, torch {torch.__version__},"
+          f" threads {torch.get_num_threads()}")
     ddpm = diffusion_policy("DDPM", 100)
     act = act_policy()
     for name, policy in (("diffusion", ddpm), ("ACT", act)):
