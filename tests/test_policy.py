@@ -158,7 +158,7 @@ def test_compiling_with_bf16_vision_keeps_chunks_close_and_the_weights_fp32(data
     camera = policy.encoder.vision.camera_encoders()[0]
     assert isinstance(camera.forward, Bf16TrunkForward)
     threads = torch.get_num_threads()
-    assert list(camera.forward.trunks) == [threads]  # compiled by inductor (a C++ compiler is here)
+    assert list(camera.forward.compiled) == [threads]  # compiled by inductor (a C++ compiler is here)
     got = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(3))
     span = np.asarray(policy.stats["action"]["max"]) - np.asarray(policy.stats["action"]["min"])
     error = np.abs(got - expected)[:, span > 0] / span[span > 0]
@@ -168,7 +168,7 @@ def test_compiling_with_bf16_vision_keeps_chunks_close_and_the_weights_fp32(data
         capped = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(3))
     finally:
         torch.set_num_threads(threads)
-    assert set(camera.forward.trunks) == {1, threads}
+    assert set(camera.forward.compiled) == {1, threads}
     np.testing.assert_allclose(capped, got, atol=2e-3)
     assert all(p.dtype == torch.float32 for p in policy.parameters())
     policy.save(tmp_path / "ckpt")  # the checkpoint is the fp32 policy it was

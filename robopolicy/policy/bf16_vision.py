@@ -9,9 +9,10 @@ by ~1e-3 of the action range, so it is a choice, not the default (a policy train
 autocast saw the same rounding). Compiling takes ~20 s for a ResNet-18 (and again for each new
 batch size or thread count); where inductor cannot compile (no C++ compiler) the trunk runs in eager bf16.
 
-How: each camera encoder's `forward` is replaced, on that instance only, by a call into a bf16,
-channels_last copy of its trunk; the keypoint pooling and the projection stay fp32. The module's own
-fp32 weights are untouched, so a compiled policy still saves the checkpoint it was loaded from.
+How: each camera encoder's `forward` is replaced, on that instance only, by one inductor graph of
+a bf16, channels_last copy of its trunk followed by its fp32 keypoint pooling and projection. The
+module's own fp32 weights are untouched, so a compiled policy still saves the checkpoint it was
+loaded from.
 """
 
 from __future__ import annotations
@@ -27,41 +28,54 @@ from robopolicy.policy.encoders.vision import CameraEncoder
 from robopolicy.system import cpu_supports_bf16
 
 
-class Bf16TrunkForward:
-    """What a camera encoder's `forward` becomes: trunk in bf16 (a compiled copy), keypoints and projection fp32.
+class _Bf16Camera(torch.nn.Module):
+    """The compiled graph: images -> bf16 trunk -> fp32 keypoints and projection, one inductor graph."""
 
-    Inductor fixes a kernel's thread count when it compiles it, so there is one compiled trunk per
+    def __init__(self, encoder: CameraEncoder):
+        super().__init__()
+        self.trunk = copy.deepcopy(encoder.trunk).eval().to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+        self.pool, self.project = encoder.pool, encoder.project
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.trunk(images.to(dtype=torch.bfloat16, memory_format=torch.channels_last)).float()
+        return self.project(self.pool(features))
+
+
+class Bf16TrunkForward:
+    """What a camera encoder's `forward` becomes: trunk in bf16, keypoints and projection fp32, compiled.
+
+    Inductor fixes a kernel's thread count when it compiles it, so there is one compiled copy per
     `torch.get_num_threads()` (made on first use: the deployment runtime's cap, which leaves a core
     to the control loop, is applied before its first, untimed chunk, so that is where it compiles).
     """
 
     def __init__(self, encoder: CameraEncoder, crop_hw: tuple[int, int]):
         self.encoder = encoder
-        self.eager_trunk = copy.deepcopy(encoder.trunk).eval().to(dtype=torch.bfloat16, memory_format=torch.channels_last)
-        self.trunks: dict[int, torch.nn.Module] = {}
+        self.eager = _Bf16Camera(encoder)
+        self.compiled: dict[int, torch.nn.Module] | None = {}
         try:  # compile now, not in the first chunk
-            self.run_trunk(torch.zeros(1, 3, *crop_hw))
+            self.run(torch.zeros(1, 3, *crop_hw))
         except Exception as err:  # noqa: BLE001 - inductor needs a working C++ toolchain
-            warnings.warn(f"inductor could not compile the bf16 camera trunk ({type(err).__name__}: {err});"
+            warnings.warn(f"inductor could not compile the bf16 camera encoder ({type(err).__name__}: {err});"
                           " it runs in eager bf16", stacklevel=3)
-            self.trunks = None
+            self.compiled = None
 
-    def trunk(self) -> torch.nn.Module:
-        if self.trunks is None:
-            return self.eager_trunk
+    def module(self) -> torch.nn.Module:
+        if self.compiled is None:
+            return self.eager
         threads = torch.get_num_threads()
-        if threads not in self.trunks:  # a copy: compiled code is cached per module
-            self.trunks[threads] = torch.compile(copy.deepcopy(self.eager_trunk), dynamic=False)
-        return self.trunks[threads]
+        if threads not in self.compiled:  # a copy: compiled code is cached per module
+            self.compiled[threads] = torch.compile(copy.deepcopy(self.eager), dynamic=False)
+        return self.compiled[threads]
 
-    def run_trunk(self, images: torch.Tensor) -> torch.Tensor:
+    def run(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), inductor_config.patch(freezing=True):
-            return self.trunk()(images.to(dtype=torch.bfloat16, memory_format=torch.channels_last)).float()
+            return self.module()(images)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.encoder.training:
             raise ConfigError("the camera encoder was compiled for inference with a bf16 trunk; it cannot train")
-        return self.encoder.project(self.encoder.pool(self.run_trunk(images)))
+        return self.run(images)
 
 
 def compile_camera_encoder_bf16(encoder: CameraEncoder, crop_hw: tuple[int, int]) -> None:

@@ -171,7 +171,7 @@ class OnnxForward:
 
 
 def compile_unet(net: UNet1D, horizon: int, action_dim: int) -> None:
-    """Route `net.forward` through ONNX Runtime; `net.prepare` and the weights stay as they are."""
+    """Route `net.forward` through ONNX Runtime; `net.prepare` gets the FiLM weights stacked once."""
     pooled = next(net.parameters()).new_zeros(1, net.film_layers()[0].in_features - net.time_dim)
     with torch.no_grad():
         prepared = net.prepare(Conditioning(tokens=pooled[:, None], pooled=pooled))
@@ -186,6 +186,11 @@ def compile_unet(net: UNet1D, horizon: int, action_dim: int) -> None:
         return x, t.to(torch.float32).reshape(-1).expand(x.shape[0]), prepared.observation
 
     net.forward = OnnxForward(net, "U-Net denoiser", model, adapt)
+    # the weights are frozen from here on: the observation halves of all FiLMs in one product
+    layers = net.film_layers()
+    weight = torch.cat([f.weight[:, net.time_dim:] for f in layers]).detach()
+    bias = torch.cat([f.bias for f in layers]).detach()
+    net.prepare = lambda cond: PreparedFiLM(F.linear(F.mish(cond.pooled), weight, bias), net)
 
 
 def compile_camera_encoder(encoder: CameraEncoder, crop_hw: tuple[int, int]) -> None:
