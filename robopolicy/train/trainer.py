@@ -65,7 +65,7 @@ def resolve_precision(name: str, device: torch.device, reads_images: bool = True
     """The autocast dtype, or None for plain fp32.
 
     `auto` is bf16 on CUDA devices that support it and, on CPUs with AVX512-BF16/AMX, for policies
-    that read camera images: there oneDNN's bf16 convolutions pay (ResNet-18 diffusion 1.27x faster,
+    that read camera images: there oneDNN's bf16 convolutions pay (ResNet-18 diffusion 1.3-1.9x faster,
     the small CNN 1.1-1.2x), while a policy without images is small matrix products that run 12-23% slower
     with autocast's casts than in fp32 (bench/RESULTS.md). `bf16` asks for it regardless.
     """
