@@ -270,6 +270,12 @@ def make_eval_hook(cfg):
 
 
 # ---------------------------------------------------------------------------- parser
+def add_compile_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", nargs="?", const="fp32", choices=["fp32", "bf16-vision"], default=None,
+                   help="faster chunks for a local policy: CUDA graphs on a GPU, ONNX Runtime on a CPU;"
+                        " 'bf16-vision': camera trunks in bf16 on a CPU with AMX / AVX512-BF16")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robopolicy", description="Robot imitation learning and VLA policies.")
     parser.add_argument("--version", action="version", version=f"robopolicy {__version__}")
@@ -333,9 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="policy server token (default $ROBOPOLICY_TOKEN)")
     p.add_argument("--timeout", type=float, default=2.0, help="policy server request timeout, seconds")
     p.add_argument("--device", default="auto", help="where a local policy runs: auto (cuda, else mps, else cpu), cpu, cuda")
-    p.add_argument("--compile", nargs="?", const="fp32", choices=["fp32", "bf16-vision"], default=None,
-                   help="faster chunks for a local policy: CUDA graphs on a GPU, ONNX Runtime on a CPU;"
-                        " 'bf16-vision': camera trunks in bf16 on a CPU with AMX / AVX512-BF16")
+    add_compile_option(p)
     p.add_argument("--robot", default="sim:robosuite/Lift", help="sim:<env> or lerobot:<robot type>")
     p.add_argument("--robot-config", action="append", metavar="key=value",
                    help="robot options, e.g. port=/dev/ttyACM0 (lerobot) or max_steps=300 (sim); repeatable")
@@ -363,9 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--token", default=None, help="shared token (default $ROBOPOLICY_TOKEN, else a new one is printed)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--compile", nargs="?", const="fp32", choices=["fp32", "bf16-vision"], default=None,
-                   help="faster chunks: CUDA graphs on a GPU, ONNX Runtime on a CPU;"
-                        " 'bf16-vision': camera trunks in bf16 on a CPU with AMX / AVX512-BF16")
+    add_compile_option(p)
     p.add_argument("--max-message-mb", type=int, default=16)
     p.set_defaults(func=cmd_serve)
 

@@ -187,9 +187,7 @@ def compile_unet(net: UNet1D, horizon: int, action_dim: int) -> None:
 
     net.forward = OnnxForward(net, "U-Net denoiser", model, adapt)
     # the weights are frozen from here on: the observation halves of all FiLMs in one product
-    layers = net.film_layers()
-    weight = torch.cat([f.weight[:, net.time_dim:] for f in layers]).detach()
-    bias = torch.cat([f.bias for f in layers]).detach()
+    weight, bias = (w.detach() for w in net.film_observation_weights())
     net.prepare = lambda cond: PreparedFiLM(F.linear(F.mish(cond.pooled), weight, bias), net)
 
 

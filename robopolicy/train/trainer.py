@@ -74,7 +74,7 @@ def resolve_precision(name: str, device: torch.device, reads_images: bool = True
     if device.type == "cuda":
         supported = torch.cuda.is_bf16_supported()
     elif device.type == "cpu":
-        supported = cpu_supports_bf16() and (reads_images or name == "bf16")
+        supported = cpu_supports_bf16() and reads_images
     else:
         supported = False
     if name == "bf16" and not supported and device.type != "cpu":

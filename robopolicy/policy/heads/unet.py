@@ -104,6 +104,11 @@ class UNet1D(nn.Module):
         """The noise-level columns of every block's FiLM layer, stacked: (sum of 2C, time_dim)."""
         return torch.cat([f.weight[:, :self.time_dim] for f in self.film_layers()])
 
+    def film_observation_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The observation columns and the biases of every block's FiLM layer, stacked."""
+        layers = self.film_layers()
+        return torch.cat([f.weight[:, self.time_dim:] for f in layers]), torch.cat([f.bias for f in layers])
+
     def prepare(self, cond: Conditioning) -> PreparedFiLM:
         """What every denoising step of a chunk shares: the FiLMs' observation halves, blocks side by side."""
         pooled = F.mish(cond.pooled)  # one product per block: stacking the weights would copy megabytes
