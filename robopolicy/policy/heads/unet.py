@@ -33,6 +33,10 @@ class PreparedFiLM:
     def time_weight(self) -> torch.Tensor:
         """(sum of 2C, time_dim): the blocks' noise-level columns, stacked on first use (1.8 MB for
         U-Net 64/128/256, so not at all when a compiled step has them folded in)."""
+        if torch.compiler.is_compiling():
+            # inside a compiled step the stack is part of the graph; caching it would keep a tensor that
+            # CUDA graphs overwrite on the next replay
+            return self._net.film_time_weight()
         if self._time_weight is None:
             self._time_weight = self._net.film_time_weight()
         return self._time_weight
