@@ -138,7 +138,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     result = collect(args.env, args.episodes, args.out, images=args.images, image_size=args.image_size,
                      workers=args.workers, seed=args.seed, keep_failed=args.keep_failed, max_steps=args.max_steps,
-                     video_codec=args.codec, overwrite=args.overwrite, progress=not args.no_progress)
+                     video_codec=args.codec, overwrite=args.overwrite, progress=not args.no_progress,
+                     every_instruction=args.every_instruction)
     print(f"wrote {result.root}: {result.kept} episodes, {result.frames} frames"
           f" (expert success {result.successes}/{result.attempted})")
     return 0
@@ -384,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="first episode seed (evaluation uses 100000 and up)")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--keep-failed", action="store_true", help="also keep episodes where the expert failed")
+    p.add_argument("--every-instruction", action="store_true",
+                   help="record each layout (seed) once per instruction the env knows, e.g. all three "
+                        "colours of tabletop/pick, so that only the instruction tells the episodes apart")
     p.add_argument("--codec", choices=["av1", "h264"], default="av1")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")

@@ -32,6 +32,7 @@ class CollectConfig:
     image_size: int = 84
     workers: int = 2
     seed: int = 0
+    every_instruction: bool = False  # record each layout once per instruction of the env
 
 
 @dataclass

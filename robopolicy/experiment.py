@@ -38,7 +38,7 @@ def run_experiment(config: str | Path | None = None, overrides: list[str] | None
         print(f"[1/3] collecting {cfg.collect.episodes} expert demonstrations of {cfg.collect.env} into {data}")
         c = cfg.collect
         collect(c.env, c.episodes, data, images=c.images, image_size=c.image_size, workers=c.workers, seed=c.seed,
-                overwrite=True)
+                every_instruction=c.every_instruction, overwrite=True)
     timings["collect_s"] = time.perf_counter() - start
 
     t = time.perf_counter()

@@ -322,3 +322,25 @@ def test_registry_makes_tabletop_envs_and_experts():
         env.close()
     with pytest.raises(EnvError, match="unknown tabletop task"):
         TabletopEnv("stack")
+
+
+@pytest.mark.slow
+def test_collect_every_instruction_repeats_each_layout_with_each_instruction(tmp_path):
+    from robopolicy.data.dataset import LeRobotDataset
+    from robopolicy.errors import RobopolicyError
+    from robopolicy.sim.collect import collect
+
+    result = collect("tabletop/pick", 6, tmp_path / "every", workers=2, every_instruction=True, progress=False)
+    assert result.kept == 6
+    ds = LeRobotDataset(tmp_path / "every")
+    starts = np.flatnonzero(np.r_[True, np.diff(ds.episode_of_row) != 0])
+    tasks = ds.task_strings(starts)
+    objects = ds.columns["observation.environment_state"][starts]
+    # two layouts (seeds 0 and 1), each recorded once per instruction, in the env's order
+    assert tasks[:3] == tasks[3:] == TabletopEnv(task="pick").tasks
+    assert np.allclose(objects[0], objects[1]) and np.allclose(objects[0], objects[2])
+    assert np.allclose(objects[3], objects[5]) and not np.allclose(objects[0], objects[3])
+    # the expert went for a different cube in each of a layout's three episodes
+    assert len({tuple(np.round(ds.columns["observation.state"][s + 15, :2], 3)) for s in starts[:3]}) == 3
+    with pytest.raises(RobopolicyError, match="several instructions"):
+        collect("robosuite/Lift", 3, tmp_path / "lift", every_instruction=True, progress=False)

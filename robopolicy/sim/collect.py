@@ -5,6 +5,11 @@ handed; the parent writes finished episodes in seed order, so the dataset is the
 number of workers. Frame t holds the observation before action t. An episode ends a few steps
 after success (the expert keeps holding), or at the step limit; failed attempts are dropped unless
 `keep_failed`, and the collector moves on to the next seed until enough episodes are kept.
+
+`every_instruction` records each layout (seed) once per instruction the env knows (`env.tasks`),
+one after another. With one instruction per layout, a policy can learn which object each training
+scene wants from the scene itself and never read its instruction; when every scene appears with
+every instruction, only the instruction tells the demonstrations apart.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class Episode:
     task: str
     frames: list[dict] = field(default_factory=list)
     error: str | None = None
+    index: int = -1  # the attempt's place in the collection order (seed order, then instruction order)
 
 
 @dataclass
@@ -72,21 +78,25 @@ def _worker(env_name: str, env_kwargs: dict, max_steps: int | None, seeds: mp.Qu
         results.put(Episode(seed=-1, success=False, task="", error=f"{type(err).__name__}: {err}"))
         return
     while True:
-        seed = seeds.get()
-        if seed is None:
+        item = seeds.get()
+        if item is None:
             break
+        index, seed, options = item
         try:
-            results.put(run_expert_episode(env, expert, seed, max_steps))
+            episode = run_expert_episode(env, expert, seed, max_steps, options)
         except Exception:
-            results.put(Episode(seed=seed, success=False, task="", error=traceback.format_exc(limit=3)))
+            episode = Episode(seed=seed, success=False, task="", error=traceback.format_exc(limit=3))
+        episode.index = index
+        results.put(episode)
     env.close()
 
 
 def collect(env_name: str, episodes: int, out: str | Path, images: bool = False, image_size: int = 84,
             workers: int = 1, seed: int = 0, keep_failed: bool = False, max_steps: int | None = None,
             video_codec: str = "av1", overwrite: bool = False, progress: bool = True,
-            max_attempts: int | None = None) -> CollectResult:
-    """Collect `episodes` episodes from seeds seed, seed+1, ... into a new dataset at `out`."""
+            max_attempts: int | None = None, every_instruction: bool = False) -> CollectResult:
+    """Collect `episodes` episodes from seeds seed, seed+1, ... into a new dataset at `out`
+    (with `every_instruction`, each seed once per instruction of the env)."""
     from robopolicy.data.writer import DatasetWriter
     from robopolicy.sim.registry import entry, make_env
 
@@ -97,7 +107,19 @@ def collect(env_name: str, episodes: int, out: str | Path, images: bool = False,
     probe = make_env(env_name, **env_kwargs)
     features, fps = probe.features, int(probe.metadata.get("render_fps", 20))
     robot_type = getattr(probe, "robot_type", "panda")
+    instructions = list(getattr(probe, "tasks", None) or []) if every_instruction else []
     probe.close()
+    if every_instruction and len(instructions) < 2:
+        raise RobopolicyError(f"every_instruction needs an env with several instructions (env.tasks); "
+                              f"{env_name} has {len(instructions)}")
+
+    def work(index: int) -> tuple[int, int, dict | None]:
+        """Attempt `index` -> (index, seed, reset options): seeds in order, each with every instruction."""
+        if not instructions:
+            return index, seed + index, None
+        layout, which = divmod(index, len(instructions))
+        return index, seed + layout, {"instruction": instructions[which]}
+
     max_attempts = max_attempts or max(3 * episodes, episodes + 10)
 
     ctx = mp.get_context("spawn")
@@ -107,11 +129,11 @@ def collect(env_name: str, episodes: int, out: str | Path, images: bool = False,
              for _ in range(max(1, workers))]
     for p in procs:
         p.start()
-    next_seed = seed
+    next_index = 0
     in_flight = 0
     for _ in range(2 * len(procs)):
-        seed_queue.put(next_seed)
-        next_seed += 1
+        seed_queue.put(work(next_index))
+        next_index += 1
         in_flight += 1
 
     bar = None
@@ -120,7 +142,7 @@ def collect(env_name: str, episodes: int, out: str | Path, images: bool = False,
 
         bar = tqdm(total=episodes, desc=f"collect {env_name}", unit="episode", dynamic_ncols=True)
     finished: dict[int, Episode] = {}
-    next_to_write = seed
+    next_to_write = 0
     kept = attempted = successes = frames = 0
     try:
         with DatasetWriter(out, fps=fps, features=features, robot_type=robot_type, video_codec=video_codec,
@@ -133,7 +155,7 @@ def collect(env_name: str, episodes: int, out: str | Path, images: bool = False,
                 if episode.seed < 0:
                     raise EnvError(f"collect worker could not start {env_name}: {episode.error}")
                 in_flight -= 1
-                finished[episode.seed] = episode
+                finished[episode.index] = episode
                 # write in seed order so the dataset does not depend on worker timing
                 while next_to_write in finished and kept < episodes:
                     ep = finished.pop(next_to_write)
@@ -151,10 +173,10 @@ def collect(env_name: str, episodes: int, out: str | Path, images: bool = False,
                         if bar is not None:
                             bar.update(1)
                             bar.set_postfix(success=f"{successes}/{attempted}")
-                while in_flight < 2 * len(procs) and next_seed - seed < max_attempts and \
-                        (next_seed - next_to_write) < episodes - kept + 2 * len(procs):
-                    seed_queue.put(next_seed)
-                    next_seed += 1
+                while in_flight < 2 * len(procs) and next_index < max_attempts and \
+                        (next_index - next_to_write) < episodes - kept + 2 * len(procs):
+                    seed_queue.put(work(next_index))
+                    next_index += 1
                     in_flight += 1
     finally:
         if bar is not None:
