@@ -67,7 +67,7 @@ def run_expert_episode(env, expert, seed: int, max_steps: int | None = None,
     return episode
 
 
-def _worker(env_name: str, env_kwargs: dict, max_steps: int | None, seeds: mp.Queue, results: mp.Queue) -> None:
+def _worker(env_name: str, env_kwargs: dict, max_steps: int | None, work: mp.Queue, results: mp.Queue) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
     from robopolicy.sim.registry import make_env, make_expert
 
@@ -78,7 +78,7 @@ def _worker(env_name: str, env_kwargs: dict, max_steps: int | None, seeds: mp.Qu
         results.put(Episode(seed=-1, success=False, task="", error=f"{type(err).__name__}: {err}"))
         return
     while True:
-        item = seeds.get()
+        item = work.get()  # (index, seed, reset options), or None to stop
         if item is None:
             break
         index, seed, options = item
@@ -113,7 +113,7 @@ def collect(env_name: str, episodes: int, out: str | Path, images: bool = False,
         raise RobopolicyError(f"every_instruction needs an env with several instructions (env.tasks); "
                               f"{env_name} has {len(instructions)}")
 
-    def work(index: int) -> tuple[int, int, dict | None]:
+    def work_item(index: int) -> tuple[int, int, dict | None]:
         """Attempt `index` -> (index, seed, reset options): seeds in order, each with every instruction."""
         if not instructions:
             return index, seed + index, None
@@ -123,16 +123,16 @@ def collect(env_name: str, episodes: int, out: str | Path, images: bool = False,
     max_attempts = max_attempts or max(3 * episodes, episodes + 10)
 
     ctx = mp.get_context("spawn")
-    seed_queue: mp.Queue = ctx.Queue()
+    work_queue: mp.Queue = ctx.Queue()
     result_queue: mp.Queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(env_name, env_kwargs, max_steps, seed_queue, result_queue), daemon=True)
+    procs = [ctx.Process(target=_worker, args=(env_name, env_kwargs, max_steps, work_queue, result_queue), daemon=True)
              for _ in range(max(1, workers))]
     for p in procs:
         p.start()
     next_index = 0
     in_flight = 0
     for _ in range(2 * len(procs)):
-        seed_queue.put(work(next_index))
+        work_queue.put(work_item(next_index))
         next_index += 1
         in_flight += 1
 
@@ -152,7 +152,7 @@ def collect(env_name: str, episodes: int, out: str | Path, images: bool = False,
                     raise EnvError(f"{env_name}: only {kept} of {episodes} episodes succeeded in {attempted} attempts"
                                    f" (pass --keep-failed to keep failed ones)")
                 episode = _next_result(result_queue, procs)
-                if episode.seed < 0:
+                if episode.index < 0:
                     raise EnvError(f"collect worker could not start {env_name}: {episode.error}")
                 in_flight -= 1
                 finished[episode.index] = episode
@@ -175,14 +175,14 @@ def collect(env_name: str, episodes: int, out: str | Path, images: bool = False,
                             bar.set_postfix(success=f"{successes}/{attempted}")
                 while in_flight < 2 * len(procs) and next_index < max_attempts and \
                         (next_index - next_to_write) < episodes - kept + 2 * len(procs):
-                    seed_queue.put(work(next_index))
+                    work_queue.put(work_item(next_index))
                     next_index += 1
                     in_flight += 1
     finally:
         if bar is not None:
             bar.close()
         for _ in procs:
-            seed_queue.put(None)
+            work_queue.put(None)
         for p in procs:
             p.join(timeout=10)
             if p.is_alive():
