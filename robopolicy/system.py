@@ -6,6 +6,7 @@ import importlib
 import importlib.metadata
 import os
 import platform
+from pathlib import Path
 
 
 def package_version(name: str) -> str | None:
@@ -13,6 +14,13 @@ def package_version(name: str) -> str | None:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def user_cache_dir() -> Path:
+    """Where robopolicy keeps per-user caches (VLM features, instruction vectors): $ROBOPOLICY_CACHE_DIR,
+    else ~/.cache/robopolicy."""
+    base = os.environ.get("ROBOPOLICY_CACHE_DIR")
+    return Path(base) if base else Path.home() / ".cache" / "robopolicy"
 
 
 def best_device() -> str:

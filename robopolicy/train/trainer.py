@@ -73,13 +73,11 @@ def resolve_precision(name: str, device: torch.device, reads_images: bool = True
         return None
     if device.type == "cuda":
         supported = torch.cuda.is_bf16_supported()
-    elif device.type == "cpu":
-        supported = cpu_supports_bf16() and reads_images
-    else:
-        supported = False
-    if name == "bf16" and not supported and device.type != "cpu":
+    else:  # on a CPU, auto autocasts only where it pays; bf16 runs anywhere there
+        supported = device.type == "cpu" and (name == "bf16" or (cpu_supports_bf16() and reads_images))
+    if name == "bf16" and not supported:
         raise ConfigError(f"train.precision=bf16 is not supported on {device}")
-    return torch.bfloat16 if (supported or name == "bf16") else None
+    return torch.bfloat16 if supported else None
 
 
 def config_fingerprint(cfg_dict: dict) -> str:

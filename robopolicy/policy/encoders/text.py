@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from robopolicy.system import user_cache_dir
+
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBED_DIM = 384
 
@@ -51,9 +53,7 @@ def _load():
 
 
 def default_cache_file() -> Path:
-    base = os.environ.get("ROBOPOLICY_CACHE_DIR")
-    root = Path(base) if base else Path.home() / ".cache" / "robopolicy"
-    return root / "text" / (MODEL_NAME.split("/")[-1] + ".json")
+    return user_cache_dir() / "text" / (MODEL_NAME.split("/")[-1] + ".json")
 
 
 class TextVectorFile:

@@ -71,6 +71,7 @@ from torch.nn.utils.rnn import pad_sequence
 from robopolicy.errors import ConfigError
 from robopolicy.policy.config import PolicySpec
 from robopolicy.policy.encoders.base import Conditioning
+from robopolicy.system import user_cache_dir
 
 CACHE_VERSION = 1
 MODES = ("frozen", "frozen_vision", "lora", "full")
@@ -118,8 +119,7 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def cache_root() -> Path:
-    base = os.environ.get("ROBOPOLICY_CACHE_DIR")
-    return (Path(base) if base else Path.home() / ".cache" / "robopolicy") / "vlm"
+    return user_cache_dir() / "vlm"
 
 
 def dataset_identity(dataset) -> str:
