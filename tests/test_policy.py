@@ -264,6 +264,69 @@ def test_instructions_are_centred_on_the_datasets_instructions(dataset):
     assert torch.equal(a, b)
 
 
+def test_cameras_conditioned_on_the_instruction_see_it(dataset):
+    """vision.language_film: what the keypoints report depends on the instruction, and it trains."""
+    import dataclasses
+
+    from robopolicy.policy.encoders.observation import ObservationEncoder
+
+    with pytest.raises(ConfigError, match="language_film .* needs encoder.language: true"):
+        from robopolicy.structs import from_dict
+        from_dict(EncoderConfig, {"vision": {"language_film": True}}, "policy.encoder")
+    torch.manual_seed(0)
+    policy = Policy.from_dataset(small_config("flow", encoder={"language": True}), dataset)
+    policy.config.encoder.vision.language_film = True
+    tasks = ["put the red cube in the bowl", "put the blue cube in the bowl"]
+    spec = dataclasses.replace(policy.spec, tasks=tasks)
+    encoder = ObservationEncoder(spec).eval()
+    camera = encoder.vision.camera_encoders()[0]
+    batch = policy.normalizer.normalize_batch(policy.observation_batch(observation(dataset, 100, 2)))
+
+    def camera_tokens(task):
+        with torch.no_grad():
+            return encoder({**batch, "task": [task]}).tokens[:, [0, 1, 3, 4]]  # per step: 2 cameras, the state
+
+    # the scale/shift map starts at zero: the encoder begins as the unconditioned one
+    assert torch.equal(camera_tokens(tasks[0]), camera_tokens(tasks[1]))
+    torch.nn.init.normal_(camera.film.map.weight, std=0.1)
+    red, blue = camera_tokens(tasks[0]), camera_tokens(tasks[1])
+    assert (red - blue).abs().max() > 1e-3  # what the cameras report depends on what is asked
+    encoder.train()
+    encoder({**batch, "task": tasks[:1]}).tokens.sum().backward()
+    assert camera.film.map.weight.grad.abs().sum() > 0  # and it trains
+
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("vision_bf16", [False, True])
+def test_cameras_conditioned_on_the_instruction_compile_for_cpu(dataset, vision_bf16):
+    """The instruction is an input of the compiled camera graph (ONNX Runtime, or the bf16 trunk)."""
+    import dataclasses
+
+    from robopolicy.system import cpu_supports_bf16
+
+    if vision_bf16 and not cpu_supports_bf16():
+        pytest.skip("this CPU has no bf16 units (the refusal is tested with the unconditioned policy)")
+    torch.manual_seed(0)
+    cfg = small_config("flow", encoder={"language": True})
+    cfg.encoder.vision.language_film = True
+    tasks = ["put the red cube in the bowl", "put the blue cube in the bowl"]
+    spec = dataclasses.replace(Policy.from_dataset(cfg, dataset).spec, tasks=tasks)
+    policy = Policy(spec, dataset.stats).eval()
+    torch.nn.init.normal_(policy.encoder.vision.camera_encoders()[0].film.map.weight, std=0.1)
+    obs = observation(dataset, 100, 2)
+    expected = {t: policy.predict_chunk({**obs, "task": t}, generator=torch.Generator().manual_seed(3)) for t in tasks}
+    assert np.abs(expected[tasks[0]] - expected[tasks[1]]).max() > 1e-3
+    policy.compile_for_inference(vision_bf16=vision_bf16)
+    got = {t: policy.predict_chunk({**obs, "task": t}, generator=torch.Generator().manual_seed(3)) for t in tasks}
+    tolerance = 2e-2 if vision_bf16 else 1e-4  # bf16 rounding of the image features
+    for task in tasks:
+        np.testing.assert_allclose(got[task], expected[task], atol=tolerance, rtol=tolerance)
+    # and the compiled chunks differ between the instructions as the eager ones do
+    effect, compiled_effect = expected[tasks[0]] - expected[tasks[1]], got[tasks[0]] - got[tasks[1]]
+    assert np.abs(compiled_effect - effect).max() < 0.2 * np.abs(effect).max()
+
+
 def test_denoisers_give_the_same_output_with_conditioning_prepared_once():
     from robopolicy.policy.config import DenoiserConfig
     from robopolicy.policy.encoders.base import Conditioning

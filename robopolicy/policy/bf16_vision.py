@@ -34,10 +34,12 @@ class _Bf16Camera(torch.nn.Module):
     def __init__(self, encoder: CameraEncoder):
         super().__init__()
         self.trunk = copy.deepcopy(encoder.trunk).eval().to(dtype=torch.bfloat16, memory_format=torch.channels_last)
-        self.pool, self.project = encoder.pool, encoder.project
+        self.film, self.pool, self.project = encoder.film, encoder.pool, encoder.project
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, instruction: torch.Tensor | None = None) -> torch.Tensor:
         features = self.trunk(images.to(dtype=torch.bfloat16, memory_format=torch.channels_last)).float()
+        if self.film is not None:
+            features = self.film(features, instruction)
         return self.project(self.pool(features))
 
 
@@ -54,7 +56,8 @@ class Bf16TrunkForward:
         self.eager = _Bf16Camera(encoder)
         self.compiled: dict[int, torch.nn.Module] | None = {}
         try:  # compile now, not in the first chunk
-            self.run(torch.zeros(1, 3, *crop_hw))
+            self.run(torch.zeros(1, 3, *crop_hw),
+                     None if encoder.film is None else torch.zeros(1, encoder.film.map.in_features))
         except Exception as err:  # noqa: BLE001 - inductor needs a working C++ toolchain
             warnings.warn(f"inductor could not compile the bf16 camera encoder ({type(err).__name__}: {err});"
                           " it runs in eager bf16", stacklevel=3)
@@ -68,14 +71,15 @@ class Bf16TrunkForward:
             self.compiled[threads] = torch.compile(copy.deepcopy(self.eager), dynamic=False)
         return self.compiled[threads]
 
-    def run(self, images: torch.Tensor) -> torch.Tensor:
+    def run(self, images: torch.Tensor, instruction: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = (images,) if instruction is None else (images, instruction)
         with torch.no_grad(), inductor_config.patch(freezing=True):
-            return self.module()(images)
+            return self.module()(*inputs)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, instruction: torch.Tensor | None = None) -> torch.Tensor:
         if self.encoder.training:
             raise ConfigError("the camera encoder was compiled for inference with a bf16 trunk; it cannot train")
-        return self.run(images)
+        return self.run(images, instruction)
 
 
 def compile_camera_encoder_bf16(encoder: CameraEncoder, crop_hw: tuple[int, int]) -> None:

@@ -26,6 +26,10 @@ class VisionConfig:
     num_keypoints: int = 32
     crop_ratio: float = 0.9  # random crop of this fraction of H and W in training, center crop at inference
     pretrained_path: str | None = None  # optional local torchvision-format weights for resnet18
+    # the instruction scales and shifts the trunk's feature channels before the keypoints (FiLM, as
+    # RT-1 conditions its image encoder on language): a keypoint can then follow "the named cube"
+    # instead of every cube; needs encoder.language
+    language_film: bool = False
 
     def __post_init__(self):
         if not 0.5 <= self.crop_ratio <= 1.0:
@@ -63,6 +67,12 @@ class EncoderConfig:
     def __post_init__(self):
         if self.dim < 8:
             raise ValueError(f"encoder.dim must be >= 8, got {self.dim}")
+        if self.vision.language_film and self.type != "standard":
+            raise ValueError("encoder.vision.language_film is for the standard encoder's CNN; a VLM reads the"
+                             " instruction with the images already")
+        if self.vision.language_film and not self.language:
+            raise ValueError("encoder.vision.language_film conditions the cameras on the instruction:"
+                             " it needs encoder.language: true")
 
 
 @dataclass

@@ -192,10 +192,12 @@ def compile_unet(net: UNet1D, horizon: int, action_dim: int) -> None:
 
 
 def compile_camera_encoder(encoder: CameraEncoder, crop_hw: tuple[int, int]) -> None:
-    """Route one camera encoder (trunk + keypoints + projection) through ONNX Runtime."""
+    """Route one camera encoder (trunk + keypoints + projection, + its instruction FiLM) through ONNX Runtime."""
     example = (torch.rand(2, 3, *crop_hw),)
+    if encoder.film is not None:
+        example += (torch.rand(2, encoder.film.map.in_features),)
     model = export_model(_for_export(encoder).eval(), example)
-    encoder.forward = OnnxForward(encoder, "camera encoder", model, lambda images: (images,))
+    encoder.forward = OnnxForward(encoder, "camera encoder", model, lambda *inputs: inputs)
 
 
 def compile_for_cpu(encoder: nn.Module, head: nn.Module, vision_bf16: bool = False) -> list[nn.Module]:

@@ -15,6 +15,9 @@ instruction reached the first layer ~20x weaker than the state and trained that 
 on the tabletop task a policy fed unit-length instructions picked the wrong cube for thousands of
 steps.) With one instruction the language token is constant, as it should be. The statistics
 come from the instructions in the spec, so they are rebuilt, not stored, on load.
+
+The language token also enters the state MLP, and, with `vision.language_film`, the camera
+encoders (robopolicy.policy.encoders.vision): there it selects what the keypoints look at.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class ObservationEncoder(nn.Module):
                     raise ValueError(f"all cameras must share one size; {key} is {spec.shape(key)}, "
                                      f"{self.camera_keys[0]} is {[h, w]}")
             self.vision = VisionEncoder(enc.vision, self.camera_keys, (h, w), enc.dim)
+        self.vision_language_film = self.vision is not None and enc.vision.language_film
         state_dim = sum(spec.shape(k)[0] for k in self.state_keys)
         self.text = TextEncoder() if enc.language else None
         self.language = nn.Linear(EMBED_DIM, enc.dim) if enc.language else None
@@ -84,7 +88,9 @@ class ObservationEncoder(nn.Module):
             emb = (emb - self.instruction_center) * self.instruction_scale
             lang = self.language(emb).unsqueeze(1)  # (B, 1, dim)
         if self.vision is not None:
-            parts.append(self.vision({k: batch[k] for k in self.camera_keys}))  # (B, T, n_cams, dim)
+            conditioned = self.vision_language_film
+            parts.append(self.vision({k: batch[k] for k in self.camera_keys},  # (B, T, n_cams, dim)
+                                     lang[:, 0] if conditioned else None))
         if self.state is not None:
             state = torch.cat([batch[k] for k in self.state_keys], dim=-1)
             if lang is not None:

@@ -5,6 +5,15 @@ from scratch with small batches and EMA weights; GroupNorm has no running statis
 swapped in (as diffusion_policy does). Spatial softmax turns each feature map into the expected
 image coordinates of K learned keypoints — a compact, position-aware summary that suits control.
 Training crops a random window (data augmentation); inference crops the center.
+
+With `language_film` the instruction also reaches the pixels' summary: a linear map of the
+language token gives each trunk channel a scale and a shift (FiLM, how RT-1 conditions its image
+encoder on the instruction) before the keypoints are read. Keypoints are a softmax over a linear
+map of the channels, so "put the red cube ..." can turn up the channels that respond to red and
+a keypoint lands on the cube the instruction names; without it every keypoint is computed the
+same whatever is asked, and a policy must find the named object's position in a later layer from
+keypoints of all objects. The map starts at zero (scale 1, shift 0): at initialization the encoder
+is the unconditioned one.
 """
 
 from __future__ import annotations
@@ -58,8 +67,22 @@ class SpatialSoftmax(nn.Module):
         return torch.stack([x, y], dim=-1).reshape(b, 2 * k)
 
 
+class LanguageFiLM(nn.Module):
+    """Language token (N, dim) -> a per-channel scale and shift of a feature map (N, C, H, W)."""
+
+    def __init__(self, dim: int, channels: int):
+        super().__init__()
+        self.map = nn.Linear(dim, 2 * channels)
+        nn.init.zeros_(self.map.weight)
+        nn.init.zeros_(self.map.bias)
+
+    def forward(self, features: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.map(instruction).to(features.dtype)[:, :, None, None].chunk(2, dim=1)
+        return features * (1 + scale) + shift
+
+
 class CameraEncoder(nn.Module):
-    """Trunk + keypoints + projection: one image -> one token of width `dim`."""
+    """Trunk + keypoints + projection: one image (and, with FiLM, its instruction) -> one token of width `dim`."""
 
     def __init__(self, cfg: VisionConfig, crop_hw: tuple[int, int], dim: int):
         super().__init__()
@@ -67,15 +90,28 @@ class CameraEncoder(nn.Module):
             self.trunk, channels = resnet18_groupnorm(cfg.pretrained_path), 512
         else:
             self.trunk, channels = small_cnn(), 128
+        self.film = LanguageFiLM(dim, channels) if cfg.language_film else None
         self.pool = SpatialSoftmax(channels, cfg.num_keypoints)
         self.project = nn.Sequential(nn.Linear(2 * cfg.num_keypoints, dim), nn.Mish(), nn.Linear(dim, dim))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.project(self.pool(self.trunk(images)))
+    def forward(self, images: torch.Tensor, instruction: torch.Tensor | None = None) -> torch.Tensor:
+        return self.summarize(self.trunk(images), instruction)
+
+    def summarize(self, features: torch.Tensor, instruction: torch.Tensor | None) -> torch.Tensor:
+        """Trunk features -> token: FiLM by the instruction (when configured), keypoints, projection."""
+        if self.film is not None:
+            if instruction is None:
+                raise ValueError("this camera encoder is conditioned on the instruction (vision.language_film):"
+                                 " give it the language token")
+            features = self.film(features, instruction)
+        return self.project(self.pool(features))
 
 
 class VisionEncoder(nn.Module):
-    """All cameras, all observation steps: (B, T, 3, H, W) per camera -> (B, T, n_cameras, dim)."""
+    """All cameras, all observation steps: (B, T, 3, H, W) per camera -> (B, T, n_cameras, dim).
+
+    `instruction` (B, dim), the language token, is needed when the cameras are FiLM-conditioned.
+    """
 
     def __init__(self, cfg: VisionConfig, camera_keys: list[str], image_hw: tuple[int, int], dim: int):
         super().__init__()
@@ -111,19 +147,27 @@ class VisionEncoder(nn.Module):
         idx = torch.arange(n, device=x.device)[:, None, None]
         return x.permute(0, 2, 3, 1)[idx, rows, cols].permute(0, 3, 1, 2)
 
-    def forward(self, images: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, images: dict[str, torch.Tensor], instruction: torch.Tensor | None = None) -> torch.Tensor:
         first = images[self.camera_keys[0]]
         b, t = first.shape[:2]
+        n = len(self.camera_keys)
         if self.shared is not None:
             # one pass over every image of every camera: (B * T * n_cams, 3, H, W)
             stacked = torch.stack([images[k] for k in self.camera_keys], dim=2)  # (B, T, n, 3, H, W)
             flat = self._prepare(stacked.flatten(0, 2))
-            tokens = self.shared(flat)
-            return tokens.view(b, t, len(self.camera_keys), -1)
+            per_image = None if instruction is None else instruction[:, None].expand(b, t * n, -1).flatten(0, 1)
+            tokens = self._encode(self.shared, flat, per_image)
+            return tokens.view(b, t, n, -1)
+        per_image = None if instruction is None else instruction[:, None].expand(b, t, -1).flatten(0, 1)
         outs = []
         for key, enc in zip(self.camera_keys, self.per_camera):
-            outs.append(enc(self._prepare(images[key].flatten(0, 1))).view(b, t, -1))
+            outs.append(self._encode(enc, self._prepare(images[key].flatten(0, 1)), per_image).view(b, t, -1))
         return torch.stack(outs, dim=2)
+
+    @staticmethod
+    def _encode(encoder: CameraEncoder, images: torch.Tensor, instruction: torch.Tensor | None) -> torch.Tensor:
+        # unconditioned encoders are called with the images alone: the form compiled ones take too
+        return encoder(images) if encoder.film is None else encoder(images, instruction)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = self.crop(x, random=self.training)
