@@ -16,8 +16,9 @@ on the tabletop task a policy fed unit-length instructions picked the wrong cube
 steps.) With one instruction the language token is constant, as it should be. The statistics
 come from the instructions in the spec, so they are rebuilt, not stored, on load.
 
-The language token also enters the state MLP, and, with `vision.language_film`, the camera
-encoders (robopolicy.policy.encoders.vision): there it selects what the keypoints look at.
+The language token also enters the state MLP; with `vision.language_film` the normalized
+instruction vector also conditions the camera encoders (robopolicy.policy.encoders.vision), where
+it selects what the keypoints look at.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class ObservationEncoder(nn.Module):
                 if spec.shape(key)[:2] != [h, w]:
                     raise ValueError(f"all cameras must share one size; {key} is {spec.shape(key)}, "
                                      f"{self.camera_keys[0]} is {[h, w]}")
-            self.vision = VisionEncoder(enc.vision, self.camera_keys, (h, w), enc.dim)
+            self.vision = VisionEncoder(enc.vision, self.camera_keys, (h, w), enc.dim,
+                                        instruction_dim=EMBED_DIM if enc.language else 0)
         self.vision_language_film = self.vision is not None and enc.vision.language_film
         state_dim = sum(spec.shape(k)[0] for k in self.state_keys)
         self.text = TextEncoder() if enc.language else None
@@ -90,7 +92,7 @@ class ObservationEncoder(nn.Module):
         if self.vision is not None:
             conditioned = self.vision_language_film
             parts.append(self.vision({k: batch[k] for k in self.camera_keys},  # (B, T, n_cams, dim)
-                                     lang[:, 0] if conditioned else None))
+                                     emb if conditioned else None))
         if self.state is not None:
             state = torch.cat([batch[k] for k in self.state_keys], dim=-1)
             if lang is not None:

@@ -7,13 +7,16 @@ image coordinates of K learned keypoints — a compact, position-aware summary t
 Training crops a random window (data augmentation); inference crops the center.
 
 With `language_film` the instruction also reaches the pixels' summary: a linear map of the
-language token gives each trunk channel a scale and a shift (FiLM, how RT-1 conditions its image
+instruction's sentence vector gives each trunk channel a scale and a shift (FiLM, how RT-1 conditions its image
 encoder on the instruction) before the keypoints are read. Keypoints are a softmax over a linear
 map of the channels, so "put the red cube ..." can turn up the channels that respond to red and
 a keypoint lands on the cube the instruction names; without it every keypoint is computed the
 same whatever is asked, and a policy must find the named object's position in a later layer from
 keypoints of all objects. The map starts at zero (scale 1, shift 0): at initialization the encoder
-is the unconditioned one.
+is the unconditioned one. The map reads the sentence vector as the observation encoder normalizes
+it (unit RMS per coordinate), not the policy's learned language token: before a policy can use
+the instruction, training treats it as noise and shrinks that token's projection (~19x in 2500
+steps on the image tabletop task), and a FiLM fed from it then gets almost no signal to learn from.
 """
 
 from __future__ import annotations
@@ -68,11 +71,11 @@ class SpatialSoftmax(nn.Module):
 
 
 class LanguageFiLM(nn.Module):
-    """Language token (N, dim) -> a per-channel scale and shift of a feature map (N, C, H, W)."""
+    """Instruction vector (N, D) -> a per-channel scale and shift of a feature map (N, C, H, W)."""
 
-    def __init__(self, dim: int, channels: int):
+    def __init__(self, instruction_dim: int, channels: int):
         super().__init__()
-        self.map = nn.Linear(dim, 2 * channels)
+        self.map = nn.Linear(instruction_dim, 2 * channels)
         nn.init.zeros_(self.map.weight)
         nn.init.zeros_(self.map.bias)
 
@@ -84,13 +87,15 @@ class LanguageFiLM(nn.Module):
 class CameraEncoder(nn.Module):
     """Trunk + keypoints + projection: one image (and, with FiLM, its instruction) -> one token of width `dim`."""
 
-    def __init__(self, cfg: VisionConfig, crop_hw: tuple[int, int], dim: int):
+    def __init__(self, cfg: VisionConfig, crop_hw: tuple[int, int], dim: int, instruction_dim: int = 0):
         super().__init__()
         if cfg.backbone == "resnet18":
             self.trunk, channels = resnet18_groupnorm(cfg.pretrained_path), 512
         else:
             self.trunk, channels = small_cnn(), 128
-        self.film = LanguageFiLM(dim, channels) if cfg.language_film else None
+        if cfg.language_film and instruction_dim < 1:
+            raise ValueError("vision.language_film needs the instruction vector's size")
+        self.film = LanguageFiLM(instruction_dim, channels) if cfg.language_film else None
         self.pool = SpatialSoftmax(channels, cfg.num_keypoints)
         self.project = nn.Sequential(nn.Linear(2 * cfg.num_keypoints, dim), nn.Mish(), nn.Linear(dim, dim))
 
@@ -102,7 +107,7 @@ class CameraEncoder(nn.Module):
         if self.film is not None:
             if instruction is None:
                 raise ValueError("this camera encoder is conditioned on the instruction (vision.language_film):"
-                                 " give it the language token")
+                                 " give it the instruction vector")
             features = self.film(features, instruction)
         return self.project(self.pool(features))
 
@@ -110,20 +115,23 @@ class CameraEncoder(nn.Module):
 class VisionEncoder(nn.Module):
     """All cameras, all observation steps: (B, T, 3, H, W) per camera -> (B, T, n_cameras, dim).
 
-    `instruction` (B, dim), the language token, is needed when the cameras are FiLM-conditioned.
+    `instruction` (B, instruction_dim), the normalized sentence vector, is needed when the cameras are
+    FiLM-conditioned.
     """
 
-    def __init__(self, cfg: VisionConfig, camera_keys: list[str], image_hw: tuple[int, int], dim: int):
+    def __init__(self, cfg: VisionConfig, camera_keys: list[str], image_hw: tuple[int, int], dim: int,
+                 instruction_dim: int = 0):
         super().__init__()
         self.camera_keys = list(camera_keys)
         h, w = image_hw
         self.crop_hw = (max(8, int(round(h * cfg.crop_ratio))), max(8, int(round(w * cfg.crop_ratio))))
         if cfg.shared:
-            self.shared = CameraEncoder(cfg, self.crop_hw, dim)
+            self.shared = CameraEncoder(cfg, self.crop_hw, dim, instruction_dim)
             self.per_camera = None
         else:
             self.shared = None
-            self.per_camera = nn.ModuleList([CameraEncoder(cfg, self.crop_hw, dim) for _ in camera_keys])
+            self.per_camera = nn.ModuleList([CameraEncoder(cfg, self.crop_hw, dim, instruction_dim)
+                                             for _ in camera_keys])
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
