@@ -90,9 +90,8 @@ class ObservationEncoder(nn.Module):
             emb = (emb - self.instruction_center) * self.instruction_scale
             lang = self.language(emb).unsqueeze(1)  # (B, 1, dim)
         if self.vision is not None:
-            conditioned = self.vision_language_film
             parts.append(self.vision({k: batch[k] for k in self.camera_keys},  # (B, T, n_cams, dim)
-                                     emb if conditioned else None))
+                                     emb if self.vision_language_film else None))
         if self.state is not None:
             state = torch.cat([batch[k] for k in self.state_keys], dim=-1)
             if lang is not None:
