@@ -103,7 +103,7 @@ def test_compiling_for_cpu_runs_onnx_runtime_and_keeps_the_chunks(dataset, tmp_p
     expected = [policy.predict_chunk(obs, generator=torch.Generator().manual_seed(3)),
                 policy.predict_chunk(obs, prefix=committed, generator=torch.Generator().manual_seed(3))]
     batch = WindowedDataset(dataset, WindowSpec(2, 16, policy.config.first_action_offset)
-                            .deltas(policy.observation_keys)).get_batch([5, 50])
+                            .deltas(policy.observation_keys)).get_batch([5, 50, 80, 120])
     with torch.no_grad():
         expected_batch = policy.sample_actions(batch, generator=torch.Generator().manual_seed(3))
 
@@ -126,9 +126,11 @@ def test_compiling_for_cpu_runs_onnx_runtime_and_keeps_the_chunks(dataset, tmp_p
         torch.set_num_threads(threads)
     np.testing.assert_allclose(capped, expected[0], atol=1e-4, rtol=1e-4)
     assert all(1 in m.forward.call.sessions for m in compiled)
-    with torch.no_grad():  # a batch of 2, though the graphs were exported at another batch size
+    with torch.no_grad():  # a batch of 4, though the graphs were exported at another batch size
         np.testing.assert_allclose(policy.sample_actions(batch, generator=torch.Generator().manual_seed(3)),
                                    expected_batch, atol=1e-4, rtol=1e-4)
+    if head != "act":  # batch-1 U-Net steps ran on one thread, the batch of 4 on PyTorch's thread count
+        assert set(policy.head.denoiser.forward.call.sessions) == {1, threads}
     # weights and their names are untouched: the compiled policy saves a checkpoint that loads
     policy.save(tmp_path / "ckpt")
     again = Policy.load(tmp_path / "ckpt").predict_chunk(obs, generator=torch.Generator().manual_seed(3))

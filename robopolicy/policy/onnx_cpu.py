@@ -8,9 +8,11 @@ on the 2-core benchmark machine the U-Net step and the ResNet-18 encoder run 1.2
 flow-10 / DDIM-10 chunk 1.4-1.6x (bench/RESULTS.md, `bench/bench_cpu_inference.py`).
 Two rewrites at export time only (same weights, same results): the U-Net's 1-D convolutions
 become 1 x k 2-D ones, which ONNX Runtime runs in its blocked (NCHWc) layout, ~1.3x faster per U-Net
-step for batch-1 signals of 4-16 steps than its 1-D path; and GroupNorm (U-Net and ResNet-GN alike)
-reshapes with only the batch axis inferred, so the graph needs no Shape node per normalization
-(~10% of a U-Net step).
+step for batch-1 signals of 4-16 steps than its 1-D path — the exported U-Net carries its signal as
+(B, C, 1, H) from input to output, so no convolution needs a reshape around it (~15% fewer nodes,
+~4% of a step); and GroupNorm (U-Net and ResNet-GN alike) reshapes with only the batch axis
+inferred, so the graph needs no Shape node per normalization (~10% of a U-Net step). At inference
+batch 1 the U-Net runs on one thread (`SessionCall`).
 
 How: each network is exported once with `torch.onnx.export` (the dynamo exporter, batch axis
 dynamic) and its module's `forward` is replaced, on that instance only, by a call into an ONNX
@@ -40,6 +42,9 @@ from robopolicy.policy.encoders.vision import CameraEncoder, VisionEncoder
 from robopolicy.policy.heads.unet import PreparedFiLM, UNet1D
 
 INSTALL_HINT = "pip install 'robopolicy[onnx]'"
+# U-Net batches up to this size run on one thread (SessionCall): batch 1 and 2 measured faster so
+# on the 2-core benchmark machine, alone and inside chunks; from batch 4 two threads win
+UNET_SERIAL_BATCH = 2
 
 
 def _require_onnxruntime():
@@ -68,16 +73,21 @@ class SessionCall:
 
     The session's thread count follows `torch.get_num_threads()` at each call (one session per
     count, made on first use), so a cap set for PyTorch — the deployment runtime leaves one core
-    to the control loop — holds for ONNX Runtime too.
+    to the control loop — holds for ONNX Runtime too. A network whose small batches run faster
+    on one thread gives `serial_up_to`: batches of at most that many rows run on the calling
+    thread alone. (The batch-1 U-Net step: a few hundred tiny nodes, each of which would hand half
+    its work to a worker thread, and that worker competes for its core with PyTorch's OpenMP
+    threads, which spin for a while after the camera encoder; one thread measured 1.1 ms a step
+    against 1.3 ms alone, and a flow-2 chunk ~1 ms faster, bench/RESULTS.md.)
     """
 
-    def __init__(self, model: bytes):
+    def __init__(self, model: bytes, serial_up_to: int = 0):
         self.model = model
+        self.serial_up_to = serial_up_to
         self.sessions: dict[int, object] = {}
-        self.names = [i.name for i in self.session().get_inputs()]
+        self.names = [i.name for i in self.session(torch.get_num_threads()).get_inputs()]
 
-    def session(self):
-        threads = torch.get_num_threads()
+    def session(self, threads: int):
         if threads not in self.sessions:
             ort = _require_onnxruntime()
             options = ort.SessionOptions()
@@ -89,31 +99,33 @@ class SessionCall:
             self.sessions[threads] = ort.InferenceSession(self.model, options, providers=["CPUExecutionProvider"])
         return self.sessions[threads]
 
+    def threads_for(self, rows: int) -> int:
+        return 1 if rows <= self.serial_up_to else torch.get_num_threads()
+
     def __call__(self, *inputs) -> torch.Tensor:
         """`inputs` as the exported module took them (tensors, or lists of tensors)."""
+        tensors = tree_leaves(inputs)
         feed = {name: np.ascontiguousarray(x.detach().to(torch.float32).numpy())
-                for name, x in zip(self.names, tree_leaves(inputs))}
-        return torch.from_numpy(self.session().run(None, feed)[0])
+                for name, x in zip(self.names, tensors)}
+        return torch.from_numpy(self.session(self.threads_for(tensors[0].shape[0])).run(None, feed)[0])
 
 
-class _Conv1dAs2d(nn.Module):
-    """A `Conv1d` / `ConvTranspose1d` computed as a 1 x k 2-D convolution (see the module's docstring)."""
-
-    def __init__(self, conv: nn.Conv1d | nn.ConvTranspose1d):
-        super().__init__()
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ValueError(f"only zero-padded convolutions with numeric padding are exported as 2-D: {conv}")
-        self.conv = conv
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.conv
-        common = dict(stride=(1, c.stride[0]), padding=(0, c.padding[0]), dilation=(1, c.dilation[0]), groups=c.groups)
-        if isinstance(c, nn.ConvTranspose1d):
-            y = F.conv_transpose2d(x.unsqueeze(2), c.weight.unsqueeze(2), c.bias,
-                                   output_padding=(0, c.output_padding[0]), **common)
-        else:
-            y = F.conv2d(x.unsqueeze(2), c.weight.unsqueeze(2), c.bias, **common)
-        return y.squeeze(2)
+def _conv1d_as_2d(conv: nn.Conv1d | nn.ConvTranspose1d) -> nn.Conv2d | nn.ConvTranspose2d:
+    """The same convolution over time for a signal laid out as (B, C, 1, H): a 1 x k 2-D convolution."""
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        raise ValueError(f"only zero-padded convolutions with numeric padding are exported as 2-D: {conv}")
+    common = dict(kernel_size=(1, conv.kernel_size[0]), stride=(1, conv.stride[0]), padding=(0, conv.padding[0]),
+                  dilation=(1, conv.dilation[0]), groups=conv.groups, bias=conv.bias is not None)
+    if isinstance(conv, nn.ConvTranspose1d):
+        out = nn.ConvTranspose2d(conv.in_channels, conv.out_channels, output_padding=(0, conv.output_padding[0]),
+                                 **common)
+    else:
+        out = nn.Conv2d(conv.in_channels, conv.out_channels, **common)
+    with torch.no_grad():
+        out.weight.copy_(conv.weight.unsqueeze(2))
+        if conv.bias is not None:
+            out.bias.copy_(conv.bias)
+    return out
 
 
 class _GroupNormStaticShape(nn.Module):
@@ -134,12 +146,15 @@ class _GroupNormStaticShape(nn.Module):
 
 
 def _for_export(module: nn.Module) -> nn.Module:
-    """A copy of `module` with the export-time rewrites above (the copy is only exported)."""
+    """A copy of `module` with the export-time rewrites above (the copy is only exported).
+
+    Its 1-D convolutions take (B, C, 1, H) signals afterwards (see `_UNetSteps`).
+    """
     module = copy.deepcopy(module)
     for parent in list(module.modules()):
         for name, child in parent.named_children():
             if isinstance(child, (nn.Conv1d, nn.ConvTranspose1d)):
-                setattr(parent, name, _Conv1dAs2d(child))
+                setattr(parent, name, _conv1d_as_2d(child))
             elif isinstance(child, nn.GroupNorm):
                 setattr(parent, name, _GroupNormStaticShape(child))
     return module
@@ -155,14 +170,18 @@ class _UNetSteps(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, observation: torch.Tensor) -> torch.Tensor:
         pooled = observation.new_zeros(x.shape[0], 1)  # only its dtype is read when `prepared` is given
         prepared = PreparedFiLM(observation, self.net)  # its stacked time weights: folded into the graph
-        return self.net(x, t, Conditioning(tokens=pooled[:, None], pooled=pooled), prepared=prepared)
+        films = self.net.films(t, Conditioning(tokens=pooled[:, None], pooled=pooled), prepared)
+        # (B, H, A) -> (B, A, 1, H) once, for the 2-D convolutions (see `_for_export`)
+        h = self.net.denoise(x.transpose(1, 2).unsqueeze(2), films)
+        return h.squeeze(2).transpose(1, 2)
 
 
 class OnnxForward:
     """What a compiled module's `forward` becomes: its inputs through one ONNX Runtime session."""
 
-    def __init__(self, module: nn.Module, name: str, model: bytes, adapt):
-        self.module, self.name, self.call, self.adapt = module, name, SessionCall(model), adapt
+    def __init__(self, module: nn.Module, name: str, model: bytes, adapt, serial_up_to: int = 0):
+        self.module, self.name, self.adapt = module, name, adapt
+        self.call = SessionCall(model, serial_up_to)
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         if self.module.training:
@@ -185,7 +204,7 @@ def compile_unet(net: UNet1D, horizon: int, action_dim: int) -> None:
             prepared = net.prepare(cond)
         return x, t.to(torch.float32).reshape(-1).expand(x.shape[0]), prepared.observation
 
-    net.forward = OnnxForward(net, "U-Net denoiser", model, adapt)
+    net.forward = OnnxForward(net, "U-Net denoiser", model, adapt, serial_up_to=UNET_SERIAL_BATCH)
     # the weights are frozen from here on: the observation halves of all FiLMs in one product
     weight, bias = (w.detach() for w in net.film_observation_weights())
     net.prepare = lambda cond: PreparedFiLM(F.linear(F.mish(cond.pooled), weight, bias), net)

@@ -58,7 +58,8 @@ class FiLMResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
         """`film` is this block's FiLM output (B, 2C), computed by `UNet1D` (see `prepare`)."""
         h = self.first(x)
-        scale, shift = film.unsqueeze(-1).chunk(2, dim=1)  # (B, C, 1) each
+        # (B, C, 1) each, or (B, C, 1, 1) for a signal laid out as (B, C, 1, H) (the CPU export's form)
+        scale, shift = film.reshape(*film.shape, *(1,) * (h.dim() - 2)).chunk(2, dim=1)
         h = self.second(h * scale + shift)
         return h + self.skip(x)
 
@@ -122,14 +123,21 @@ class UNet1D(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
                 prepared: PreparedFiLM | None = None) -> torch.Tensor:
         """x (B, H, A) noisy actions, t (B,) noise level -> (B, H, A)."""
+        h = self.denoise(rearrange(x, "b h a -> b a h"), self.films(t, cond, prepared))
+        return rearrange(h, "b a h -> b h a")
+
+    def films(self, t: torch.Tensor, cond: Conditioning, prepared: PreparedFiLM | None = None) -> list[torch.Tensor]:
+        """Every block's FiLM output (B, 2C) for noise level `t`, in the order `denoise` uses them."""
         time = self.time(t).to(cond.pooled.dtype)
         if prepared is None:
-            films = [b.film(torch.cat([time, cond.pooled], dim=-1)) for b in self.blocks()]
-        else:  # the noise-level halves of all blocks in one product
-            films = (F.linear(F.mish(time), prepared.time_weight) + prepared.observation).split(
-                [f.out_features for f in self.film_layers()], dim=1)
+            return [b.film(torch.cat([time, cond.pooled], dim=-1)) for b in self.blocks()]
+        # the noise-level halves of all blocks in one product
+        return list((F.linear(F.mish(time), prepared.time_weight) + prepared.observation).split(
+            [f.out_features for f in self.film_layers()], dim=1))
+
+    def denoise(self, h: torch.Tensor, films: list[torch.Tensor]) -> torch.Tensor:
+        """The U-Net proper on a (B, A, H) signal; any axes between channels and time pass through."""
         films = iter(films)
-        h = rearrange(x, "b h a -> b a h")
         skips = []
         for block1, block2, downsample in self.down:
             h = block2(block1(h, next(films)), next(films))
@@ -140,4 +148,4 @@ class UNet1D(nn.Module):
         for block1, block2, upsample in self.up:
             h = torch.cat([h, skips.pop()], dim=1)
             h = upsample(block2(block1(h, next(films)), next(films)))
-        return rearrange(self.final(h), "b a h -> b h a")
+        return self.final(h)
