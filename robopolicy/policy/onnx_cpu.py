@@ -85,7 +85,7 @@ class SessionCall:
         self.model = model
         self.serial_up_to = serial_up_to
         self.sessions: dict[int, object] = {}
-        self.names = [i.name for i in self.session(torch.get_num_threads()).get_inputs()]
+        self.names = [i.name for i in self.session(self.threads_for(1)).get_inputs()]  # the deployed batch size
 
     def session(self, threads: int):
         if threads not in self.sessions:
