@@ -26,31 +26,30 @@ import torch  # noqa: E402
 
 from benchlib import machine  # noqa: E402
 
-FIRST_SEED = 100000
-
 
 def probe(run: Path, layouts: int) -> dict:
+    from robopolicy.evaluate.config import EvalConfig
     from robopolicy.policy.policy import Policy
     from robopolicy.sim.registry import make_env
-    from robopolicy.sim.tabletop import COLORS
+    from robopolicy.sim.tabletop import COLORS, INSTRUCTIONS
 
     policy = Policy.load(run / "checkpoints" / "last").eval()
     images = bool(policy.spec.keys("camera"))
     size = policy.spec.shape(policy.spec.keys("camera")[0])[0] if images else 64
     env = make_env("tabletop/pick", images=images, image_size=size)
     steps = slice(policy.chunk_start, policy.chunk_start + policy.config.n_action_steps)
-    instructions = [f"put the {color} cube in the bowl" for color in COLORS]
+    first_seed = EvalConfig().seed  # the layouts `robopolicy eval` scores
     named, distinct = 0, 0
     for i in range(layouts):
         chosen = []
-        for color, instruction in zip(COLORS, instructions):
-            obs, _ = env.reset(seed=FIRST_SEED + i, options={"instruction": instruction})
-            chunk = policy.predict_chunk({**obs, "task": instruction}, generator=torch.Generator().manual_seed(0))
+        for instruction in INSTRUCTIONS["pick"]:
+            obs, _ = env.reset(seed=first_seed + i, options={"instruction": instruction.text})
+            chunk = policy.predict_chunk({**obs, "task": instruction.text}, generator=torch.Generator().manual_seed(0))
             motion = chunk[steps, :2].sum(axis=0)
             tcp = env.tcp_position()[:2]
             cosines = [_cosine(motion, env.cube_position(c)[:2] - tcp) for c in COLORS]
             chosen.append(COLORS[int(np.argmax(cosines))])
-            named += chosen[-1] == color
+            named += chosen[-1] == instruction.color
         distinct += len(set(chosen)) == len(COLORS)
     env.close()
     return {"run": str(run), "reaches": layouts * len(COLORS), "toward_named_cube": named,
