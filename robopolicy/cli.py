@@ -139,7 +139,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     result = collect(args.env, args.episodes, args.out, images=args.images, image_size=args.image_size,
                      workers=args.workers, seed=args.seed, keep_failed=args.keep_failed, max_steps=args.max_steps,
                      video_codec=args.codec, overwrite=args.overwrite, progress=not args.no_progress,
-                     every_instruction=args.every_instruction)
+                     every_instruction=args.every_instruction, noise=args.noise)
     print(f"wrote {result.root}: {result.kept} episodes, {result.frames} frames"
           f" (expert success {result.successes}/{result.attempted})")
     return 0
@@ -168,6 +168,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"checkpoint: {out['train'].checkpoint}  (loss curve: {out['train'].run_dir / 'loss.png'})")
     print(f"time: collect {t['collect_s']:.0f} s, train {t['train_s']:.0f} s, evaluate {t['eval_s']:.0f} s,"
           f" total {t['total_s'] / 60:.1f} min")
+    return 0
+
+
+def cmd_dagger(args: argparse.Namespace) -> int:
+    from robopolicy.dagger import run_dagger
+
+    overrides = list(args.overrides)
+    for flag, key in ((args.rounds, "rounds"), (args.episodes_per_round, "episodes_per_round"),
+                      (args.steps_per_round, "steps_per_round"), (args.beta, "beta")):
+        if flag is not None:
+            overrides.append(f"dagger.{key}={flag}")
+    out = run_dagger(args.config, overrides, resume=args.resume)
+    for r in out["rounds"][1:]:
+        print(f"round {r['round']}: policy {r['rollout_successes']}/{r['episodes_added']} on its labelled rollouts,"
+              f" +{r['frames_added']} frames, {r['train_seconds']:.0f} s of training")
+    print_eval(out["report"])
+    t = out["timings"]
+    print(f"checkpoint: {out['checkpoint']}  (rounds: {out['run_dir'] / 'dagger.json'})")
+    print(f"time: collect {t['collect_s']:.0f} s, train {t['train_s']:.0f} s (all rounds), rollouts"
+          f" {t['rollout_s']:.0f} s, evaluate {t['eval_s']:.0f} s, total {t['total_s'] / 60:.1f} min")
     return 0
 
 
@@ -334,6 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     p.set_defaults(func=cmd_run)
 
+    p = verbs.add_parser("dagger", help="train, then rounds of expert-labelled policy rollouts + fine-tuning (DAgger)")
+    p.add_argument("--config", type=Path, required=True, help="experiment YAML; its dagger: section sets the defaults")
+    p.add_argument("--rounds", type=int, default=None, help="labelling rounds after the initial training")
+    p.add_argument("--episodes-per-round", type=int, default=None, help="policy rollouts labelled per round")
+    p.add_argument("--steps-per-round", type=int, default=None, help="fine-tuning steps after each round")
+    p.add_argument("--beta", type=float, default=None, help="probability a rollout step executes the expert's action")
+    p.add_argument("--resume", action="store_true", help="continue a killed run, keeping its finished rounds")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    p.set_defaults(func=cmd_dagger)
+
     p = verbs.add_parser("deploy", help="drive a robot (simulated or real) with a policy at a fixed rate")
     p.add_argument("--checkpoint", default=None, help="local policy checkpoint folder")
     p.add_argument("--server", default=None, help="policy server URL instead of a local policy, ws://host:port")
@@ -388,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every-instruction", action="store_true",
                    help="record each layout (seed) once per instruction the env knows, e.g. all three "
                         "colours of tabletop/pick, so that only the instruction tells the episodes apart")
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="DART: execute the expert's action plus Gaussian noise of this standard deviation (action"
+                        " units) and record the clean action, so the demos show how to recover from small errors")
     p.add_argument("--codec", choices=["av1", "h264"], default="av1")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")

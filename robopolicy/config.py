@@ -33,6 +33,25 @@ class CollectConfig:
     workers: int = 2
     seed: int = 0
     every_instruction: bool = False  # record each layout once per instruction of the env
+    noise: float = 0.0  # DART: std of the noise added to the executed (not the recorded) expert actions
+
+
+@dataclass
+class DaggerConfig:
+    """`robopolicy dagger`: rounds of expert-labelled rollouts of the policy, each followed by
+    fine-tuning on the demonstrations plus every labelled rollout so far (robopolicy.dagger)."""
+
+    rounds: int = 3
+    episodes_per_round: int = 20
+    steps_per_round: int = 1000  # fine-tuning steps after each round (round 0 trains train.steps)
+    beta: float = 0.0  # probability that a rollout step executes the expert's action instead of the policy's
+    seed: int = 300_000  # rollout seeds: disjoint from demonstrations (0...) and evaluation (100000...)
+
+    def __post_init__(self):
+        if self.rounds < 0 or self.episodes_per_round < 1 or self.steps_per_round < 1:
+            raise ValueError("dagger.rounds must be >= 0, episodes_per_round and steps_per_round >= 1")
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"dagger.beta is a probability, got {self.beta}")
 
 
 @dataclass
@@ -45,6 +64,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    dagger: DaggerConfig = field(default_factory=DaggerConfig)
 
     @property
     def run_dir(self) -> Path:

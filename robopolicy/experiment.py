@@ -18,16 +18,12 @@ from robopolicy.config import ExperimentConfig, load_config
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart_lift_lowdim.yaml"
 
 
-def run_experiment(config: str | Path | None = None, overrides: list[str] | None = None) -> dict:
+def ensure_dataset(cfg: ExperimentConfig) -> Path:
+    """data.path, collected first (the config's `collect:` section) when it holds no dataset yet."""
     from robopolicy.data.dataset import LeRobotDataset
     from robopolicy.errors import DatasetError
-    from robopolicy.evaluate.evaluator import evaluate
     from robopolicy.sim.collect import collect
-    from robopolicy.train.trainer import train
 
-    cfg: ExperimentConfig = load_config(config or DEFAULT_CONFIG, overrides)
-    timings = {}
-    start = time.perf_counter()
     data = Path(cfg.data.path)
     try:
         LeRobotDataset(data)
@@ -38,7 +34,18 @@ def run_experiment(config: str | Path | None = None, overrides: list[str] | None
         print(f"[1/3] collecting {cfg.collect.episodes} expert demonstrations of {cfg.collect.env} into {data}")
         c = cfg.collect
         collect(c.env, c.episodes, data, images=c.images, image_size=c.image_size, workers=c.workers, seed=c.seed,
-                every_instruction=c.every_instruction, overwrite=True)
+                every_instruction=c.every_instruction, noise=c.noise, overwrite=True)
+    return data
+
+
+def run_experiment(config: str | Path | None = None, overrides: list[str] | None = None) -> dict:
+    from robopolicy.evaluate.evaluator import evaluate
+    from robopolicy.train.trainer import train
+
+    cfg: ExperimentConfig = load_config(config or DEFAULT_CONFIG, overrides)
+    timings = {}
+    start = time.perf_counter()
+    ensure_dataset(cfg)
     timings["collect_s"] = time.perf_counter() - start
 
     t = time.perf_counter()

@@ -72,6 +72,7 @@ class Episodes:
     from_index: np.ndarray
     to_index: np.ndarray
     tasks: list[list[str]]
+    sources: list[str]  # where each episode came from (fmt.DEFAULT_SOURCE unless tagged)
     data_files: list[tuple[int, int]]
     # per video key: (chunk_index, file_index, from_timestamp) arrays
     video_chunk: dict[str, np.ndarray] = field(default_factory=dict)
@@ -109,11 +110,14 @@ def load_episodes(root: Path, info: dict) -> Episodes:
         return table.column(name).to_numpy()[order]
 
     tasks_col = table.column("tasks").to_pylist() if "tasks" in table.column_names else [[] for _ in order]
+    sources_col = table.column("source").to_pylist() if "source" in table.column_names else None
     episodes = Episodes(
         length=col("length").astype(np.int64),
         from_index=col("dataset_from_index").astype(np.int64),
         to_index=col("dataset_to_index").astype(np.int64),
         tasks=[tasks_col[i] or [] for i in order],
+        sources=([str(sources_col[i] or fmt.DEFAULT_SOURCE) for i in order] if sources_col is not None
+                 else [fmt.DEFAULT_SOURCE] * len(order)),
         data_files=list(zip(col("data/chunk_index").tolist(), col("data/file_index").tolist())),
     )
     for key in fmt.video_keys(info["features"]):

@@ -33,6 +33,10 @@ EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.par
 INFO_PATH = "meta/info.json"
 STATS_PATH = "meta/stats.json"
 TASKS_PATH = "meta/tasks.parquet"
+# An episode's origin, in the episode table's optional `source` column (datasets without the
+# column hold demonstrations only): "demonstration", "dart" (noise injected while recording, clean
+# expert actions kept), "correction" (a policy's own rollout labelled by the expert, DAgger).
+DEFAULT_SOURCE = "demonstration"
 
 # Columns LeRobot adds to every frame; they are bookkeeping, never policy inputs.
 DEFAULT_FEATURES: dict[str, dict[str, Any]] = {

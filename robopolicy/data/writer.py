@@ -118,6 +118,7 @@ class DatasetWriter:
         self._video_pos = {k: (0, 0) for k in self.video_keys}
         self._encoders: dict[str, VideoEncoder] = {}
         self._finalized = False
+        self._tagged = False  # write the `source` column only for datasets that use it
 
     # ------------------------------------------------------------------ frames
     def add_frame(self, frame: Mapping[str, Any], task: str) -> None:
@@ -161,8 +162,13 @@ class DatasetWriter:
         self._buffer.clear()
 
     # ------------------------------------------------------------------ episodes
-    def save_episode(self) -> int:
-        """Write the buffered frames as the next episode; returns its episode index."""
+    def save_episode(self, source: str | None = None) -> int:
+        """Write the buffered frames as the next episode; returns its episode index.
+
+        `source` tags where the episode came from (e.g. "correction" for expert labels of a
+        policy's own rollout, "dart" for noise-injected demonstrations); it is kept in the episode
+        table's `source` column, "demonstration" when not given.
+        """
         if not self._buffer:
             raise DatasetError("save_episode called with no frames added")
         episode_index = len(self.episodes)
@@ -183,7 +189,10 @@ class DatasetWriter:
         columns["index"] = np.arange(start, start + length, dtype=np.int64)
         columns["task_index"] = np.asarray(task_indices, dtype=np.int64)
 
-        record: dict[str, Any] = {"episode_index": episode_index, "tasks": episode_tasks, "length": length}
+        record: dict[str, Any] = {"episode_index": episode_index, "tasks": episode_tasks, "length": length,
+                                  "source": source or fmt.DEFAULT_SOURCE}
+        if source is not None:
+            self._tagged = True
         record["data/chunk_index"], record["data/file_index"] = self._write_rows(columns)
         record["dataset_from_index"] = start
         record["dataset_to_index"] = start + length
@@ -302,6 +311,8 @@ class DatasetWriter:
         rows = []
         for record, ep_stats in zip(self.episodes, self.episode_stats):
             row = dict(record)
+            if not self._tagged:
+                row.pop("source")
             for key in self.features:
                 for stat in stats_lib.STAT_KEYS:
                     row[f"stats/{key}/{stat}"] = np.asarray(ep_stats[key][stat]).tolist()
@@ -324,6 +335,8 @@ class DatasetWriter:
                 is_int = stat == "count" or (stat in ("min", "max") and spec["dtype"].startswith("int"))
                 fields.append(pa.field(f"stats/{key}/{stat}", int_type if is_int else value_type))
         fields += [pa.field("meta/episodes/chunk_index", pa.int64()), pa.field("meta/episodes/file_index", pa.int64())]
+        if self._tagged:
+            fields.append(pa.field("source", pa.string()))
         schema = pa.schema(fields)
         table = pa.Table.from_pylist(rows, schema=schema)
         path = self.root / fmt.EPISODES_PATH.format(chunk_index=0, file_index=0)

@@ -68,15 +68,16 @@ def env_kwargs_for(policy_spec, cfg: EvalConfig, record: bool) -> dict:
 
 
 def _worker(worker_id: int, checkpoint: str, env_name: str, cfg: EvalConfig, video_dir: str | None,
-            quota: tuple[int, int], tasks: mp.Queue, results: mp.Queue) -> None:
+            quota: tuple[int, int], labelling: tuple[bool, float], tasks: mp.Queue, results: mp.Queue) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
     import torch
 
     torch.set_num_threads(1)  # one thread per worker: deterministic, and workers do not fight for cores
     from robopolicy.policy.execution import make_executor
     from robopolicy.policy.policy import Policy
-    from robopolicy.sim.registry import make_env
+    from robopolicy.sim.registry import make_env, make_expert
 
+    label, beta = labelling
     try:
         policy = Policy.load(checkpoint, weights=cfg.weights)
         videos = VideoQuota(*quota) if video_dir else VideoQuota(0, 0)
@@ -85,6 +86,7 @@ def _worker(worker_id: int, checkpoint: str, env_name: str, cfg: EvalConfig, vid
         if missing:
             raise EnvError(f"env {env_name} does not provide {missing} that the policy reads")
         executor = make_executor(policy, cfg.execution, cfg.n_action_steps, cfg.inference_steps, cfg.ensemble_decay)
+        expert = make_expert(env_name, env) if label else None
     except Exception as err:
         results.put(("fatal", worker_id, f"{type(err).__name__}: {err}"))
         return
@@ -97,7 +99,7 @@ def _worker(worker_id: int, checkpoint: str, env_name: str, cfg: EvalConfig, vid
         results.put(("start", worker_id, (seed, attempt)))
         try:
             record = videos.wants_more
-            result, frames = run_episode(env, executor, seed, cfg.max_steps, record=record)
+            result, frames = run_episode(env, executor, seed, cfg.max_steps, record=record, expert=expert, beta=beta)
             result.attempts = attempt
             if record and frames and videos.keep(result.success):
                 name = f"episode_{seed}_{'success' if result.success else 'failure'}.mp4"
@@ -147,13 +149,21 @@ class _Pool:
 
 
 def evaluate(checkpoint: str | Path, env_name: str, cfg: EvalConfig, out_dir: str | Path,
-             progress: bool = True, episode_timeout_s: float | None = None) -> EvalResult:
-    """Run cfg.episodes rollouts of the checkpoint in env_name; write the report into out_dir."""
+             progress: bool = True, episode_timeout_s: float | None = None, label_with_expert: bool = False,
+             beta: float = 0.0) -> EvalResult:
+    """Run cfg.episodes rollouts of the checkpoint in env_name; write the report into out_dir.
+
+    `label_with_expert` (DAgger): the env's scripted expert shadows every rollout and each
+    episode's `labels` hold the visited observations with the expert's actions; `beta` is the
+    probability that a step executes the expert's action instead of the policy's.
+    """
     from robopolicy.policy.policy import Policy, checkpoint_hash
-    from robopolicy.sim.registry import entry
+    from robopolicy.sim.registry import entry, require_expert
 
     checkpoint = Path(checkpoint).resolve()
     entry(env_name)  # unknown env names fail before any process starts
+    if label_with_expert:
+        require_expert(env_name)
     policy = Policy.load(checkpoint, weights=cfg.weights)  # fails fast on a bad checkpoint
     if cfg.episodes < 1:
         raise RobopolicyError(f"episodes must be >= 1, got {cfg.episodes}")
@@ -168,7 +178,7 @@ def evaluate(checkpoint: str | Path, env_name: str, cfg: EvalConfig, out_dir: st
     per_worker = math.ceil(cfg.videos / 2 / workers) if cfg.videos else 0
     timeout = episode_timeout_s or max(300.0, 3.0 * (cfg.max_steps or 400))
     pool = _Pool(workers, (str(checkpoint), env_name, cfg, str(video_dir) if video_dir else None,
-                           (per_worker, per_worker)))
+                           (per_worker, per_worker), (label_with_expert, beta)))
     seeds = [cfg.seed + i for i in range(cfg.episodes)]
     for s in seeds:
         pool.tasks.put((s, 1))

@@ -1,4 +1,10 @@
-"""One evaluation episode: a policy's chunk executor driving an env from a fixed seed."""
+"""One evaluation episode: a policy's chunk executor driving an env from a fixed seed.
+
+With an expert given (DAgger), the expert shadows the rollout: it sees every observation the
+policy's actions lead to, keeps its own phase through them, and its action there is recorded as
+the label. The policy's action is what the env executes (or, with probability `beta`, the
+expert's: DAgger's mixture for early rounds), so the labelled states are the policy's own.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +27,12 @@ class EpisodeResult:
     video: str | None = None
     error: str | None = None
     attempts: int = 1
+    labels: list | None = None  # with an expert: every visited observation with the expert's action
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("labels")
+        return out
 
 
 @dataclass
@@ -55,17 +64,28 @@ class VideoQuota:
 
 
 def run_episode(env, executor, seed: int, max_steps: int | None = None, record: bool = False,
-                video_dir: Path | None = None, fps: int = 20, options: dict | None = None) -> tuple[EpisodeResult, list]:
-    """Roll out until success or the step limit. Returns the result and the rendered frames (if `record`)."""
+                video_dir: Path | None = None, fps: int = 20, options: dict | None = None,
+                expert=None, beta: float = 0.0) -> tuple[EpisodeResult, list]:
+    """Roll out until success or the step limit. Returns the result and the rendered frames (if `record`);
+    with an `expert`, `result.labels` holds the expert-labelled frames."""
     start = time.perf_counter()
     obs, _ = env.reset(seed=seed, options=options) if options else env.reset(seed=seed)
     executor.reset(seed)
+    labels = None
+    if expert is not None:
+        expert.reset()
+        labels, mix = [], np.random.default_rng([seed, 0xDA66])
     frames = [env.render()] if record else []
     limit = max_steps or env.max_steps
     success, first = False, None
     steps = 0
     for steps in range(1, limit + 1):
         action = executor.act({**obs, "task": env.task})
+        if expert is not None:
+            label = np.asarray(expert.act(obs), dtype=np.float32)
+            labels.append({**obs, "action": label})
+            if beta > 0 and mix.random() < beta:
+                action = label
         obs, _, terminated, truncated, info = env.step(np.asarray(action, dtype=np.float32))
         if record:
             frames.append(env.render())
@@ -74,7 +94,8 @@ def run_episode(env, executor, seed: int, max_steps: int | None = None, record: 
         if terminated or truncated:
             break
     result = EpisodeResult(seed=seed, success=success, length=steps, first_success_step=first,
-                           inferences=executor.inferences, seconds=time.perf_counter() - start, task=env.task)
+                           inferences=executor.inferences, seconds=time.perf_counter() - start, task=env.task,
+                           labels=labels)
     return result, frames
 
 

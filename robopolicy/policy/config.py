@@ -135,6 +135,10 @@ class PolicyConfig:
     act: ACTConfig = field(default_factory=ACTConfig)
     state_norm: Literal["mean_std", "min_max", "identity"] = "min_max"
     action_norm: Literal["mean_std", "min_max", "identity"] | None = None  # None: min_max, mean_std for ACT
+    # where xyzw quaternions start inside state features, e.g. {observation.state: [3]}: each is read
+    # as its rotation matrix's first two columns, which (unlike a quaternion's sign) never jump
+    # (robopolicy.policy.rotations)
+    quaternions: dict[str, list[int]] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.n_obs_steps < 1 or self.horizon < 1:
@@ -184,6 +188,12 @@ class PolicySpec:
             if f.key == key:
                 return f.shape
         raise KeyError(key)
+
+    def input_dim(self, key: str) -> int:
+        """Width of state feature `key` as the network reads it (quaternions rewritten)."""
+        from robopolicy.policy.rotations import expanded_dim
+
+        return expanded_dim(self.shape(key)[0], self.config.quaternions.get(key, []))
 
     @property
     def action_dim(self) -> int:

@@ -28,6 +28,7 @@ from robopolicy.fileio import atomic_directory, sha256_files
 from robopolicy.policy.config import FeatureSpec, PolicyConfig, PolicySpec
 from robopolicy.policy.encoders.observation import ObservationEncoder
 from robopolicy.policy.heads import HEADS
+from robopolicy.policy.rotations import check_starts, rewrite_batch, rotation_feature_stats
 from robopolicy.structs import from_dict, to_dict
 
 CHECKPOINT_FORMAT = "robopolicy.policy"
@@ -52,7 +53,8 @@ class Policy(nn.Module):
         cfg = spec.config
         modes = {k: cfg.state_norm for k in spec.keys("state")}
         modes["action"] = cfg.action_normalization
-        dims = {k: spec.shape(k)[0] for k in modes}
+        check_quaternions(spec)
+        dims = {k: spec.input_dim(k) if k != "action" else spec.action_dim for k in modes}
         try:
             self.normalizer = Normalizer(modes, dims, stats)
         except ValueError as err:
@@ -77,7 +79,12 @@ class Policy(nn.Module):
         features.append(FeatureSpec("action", list(dataset.features["action"]["shape"]), "action"))
         spec = PolicySpec(config=config, features=features, fps=dataset.fps, tasks=list(dataset.tasks),
                           robot_type=dataset.info.get("robot_type"))
-        policy = cls(spec, stats=dataset.stats)
+        check_quaternions(spec)
+        stats = dict(dataset.stats)
+        for key, starts in config.quaternions.items():  # statistics of the feature the network reads
+            if key in dataset.features:
+                stats[key] = rotation_feature_stats(dataset.columns[key], starts)
+        policy = cls(spec, stats=stats)
         if hasattr(policy.encoder, "bind_dataset"):  # the VLM encoder caches frozen features per dataset row
             policy.encoder.bind_dataset(dataset)
         return policy
@@ -101,7 +108,7 @@ class Policy(nn.Module):
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: Mapping[str, Any]) -> dict:
-        normalized = self.normalizer.normalize_batch(batch)
+        normalized = self.normalizer.normalize_batch(rewrite_batch(batch, self.config.quaternions))
         cond = self.encoder(normalized)
         return self.head.loss(cond, normalized["action"], batch.get("action_is_pad"))
 
@@ -113,7 +120,7 @@ class Policy(nn.Module):
 
         `prefix` (B, K, A), robot units, holds actions already committed for t .. t+K-1.
         """
-        normalized = self.normalizer.normalize_batch(batch)
+        normalized = self.normalizer.normalize_batch(rewrite_batch(batch, self.config.quaternions))
         cond = self.encoder(normalized)
         head_prefix = head_mask = None
         if prefix is not None:
@@ -262,6 +269,18 @@ class Policy(nn.Module):
         if stats_path.is_file():
             policy.stats = json.loads(stats_path.read_text())
         return policy.to(device).eval()
+
+
+def check_quaternions(spec: PolicySpec) -> None:
+    """`policy.quaternions` must name state features and whole quaternions inside them."""
+    for key, starts in spec.config.quaternions.items():
+        if key not in spec.keys("state"):
+            raise ConfigError(f"policy.quaternions names {key!r}, which is not one of the state keys"
+                              f" {spec.keys('state')}")
+        try:
+            check_starts(key, spec.shape(key)[0], starts)
+        except ValueError as err:
+            raise ConfigError(f"policy.{err}") from None
 
 
 def write_policy_files(directory: Path, spec: PolicySpec, weights: Mapping[str, torch.Tensor],

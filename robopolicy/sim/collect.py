@@ -6,6 +6,13 @@ number of workers. Frame t holds the observation before action t. An episode end
 after success (the expert keeps holding), or at the step limit; failed attempts are dropped unless
 `keep_failed`, and the collector moves on to the next seed until enough episodes are kept.
 
+`noise` (DART, Laskey et al. 2017) executes the expert's action plus Gaussian noise of that
+standard deviation (in action units) on the arm's dimensions and records the expert's clean action.
+The demonstrations then visit the states a slightly-off policy reaches, each labelled with how the
+expert gets back. Dimensions named "gripper" and those the expert holds at exactly 0 (the rotation
+of experts that never turn) are not perturbed: nothing would ever correct them. Such episodes are
+tagged `source: dart` in the episode table.
+
 `every_instruction` records each layout (seed) once per instruction the env knows (`env.tasks`),
 one after another. With one instruction per layout, a policy can learn which object each training
 scene wants from the scene itself and never read its instruction; when every scene appears with
@@ -46,17 +53,31 @@ class CollectResult:
     frames: int
 
 
+def perturbable_dims(env) -> np.ndarray:
+    """Boolean mask of the action dimensions DART noise may touch (all but the gripper's)."""
+    names = env.features["action"].get("names") or []
+    dim = env.features["action"]["shape"][0]
+    return np.array([not (i < len(names) and "gripper" in str(names[i]).lower()) for i in range(dim)])
+
+
 def run_expert_episode(env, expert, seed: int, max_steps: int | None = None,
-                       options: dict | None = None) -> Episode:
+                       options: dict | None = None, noise: float = 0.0) -> Episode:
     obs, _ = env.reset(seed=seed, options=options) if options else env.reset(seed=seed)
     expert.reset()
     episode = Episode(seed=seed, success=False, task=env.task)
     limit = max_steps or env.max_steps
+    rng = np.random.default_rng([seed, 0xDA27])  # the noise of an episode is a function of its seed
+    arm = perturbable_dims(env)
     after = None
     for _ in range(limit):
-        action = expert.act(obs)
-        episode.frames.append({**obs, "action": np.asarray(action, dtype=np.float32)})
-        obs, _, _, _, info = env.step(action)
+        action = np.asarray(expert.act(obs), dtype=np.float32)
+        episode.frames.append({**obs, "action": action})
+        if noise > 0:
+            perturb = arm & (action != 0)
+            executed = action + perturb * rng.normal(0.0, noise, size=action.shape).astype(np.float32)
+            obs, _, _, _, info = env.step(np.clip(executed, -1.0, 1.0))
+        else:
+            obs, _, _, _, info = env.step(action)
         if info["is_success"] and after is None:
             episode.success = True
             after = 0
@@ -67,7 +88,8 @@ def run_expert_episode(env, expert, seed: int, max_steps: int | None = None,
     return episode
 
 
-def _worker(env_name: str, env_kwargs: dict, max_steps: int | None, work: mp.Queue, results: mp.Queue) -> None:
+def _worker(env_name: str, env_kwargs: dict, max_steps: int | None, noise: float, work: mp.Queue,
+            results: mp.Queue) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
     from robopolicy.sim.registry import make_env, make_expert
 
@@ -83,7 +105,7 @@ def _worker(env_name: str, env_kwargs: dict, max_steps: int | None, work: mp.Que
             break
         index, seed, options = item
         try:
-            episode = run_expert_episode(env, expert, seed, max_steps, options)
+            episode = run_expert_episode(env, expert, seed, max_steps, options, noise=noise)
         except Exception:
             episode = Episode(seed=seed, success=False, task="", error=traceback.format_exc(limit=3))
         episode.index = index
@@ -94,15 +116,17 @@ def _worker(env_name: str, env_kwargs: dict, max_steps: int | None, work: mp.Que
 def collect(env_name: str, episodes: int, out: str | Path, images: bool = False, image_size: int = 84,
             workers: int = 1, seed: int = 0, keep_failed: bool = False, max_steps: int | None = None,
             video_codec: str = "av1", overwrite: bool = False, progress: bool = True,
-            max_attempts: int | None = None, every_instruction: bool = False) -> CollectResult:
+            max_attempts: int | None = None, every_instruction: bool = False, noise: float = 0.0) -> CollectResult:
     """Collect `episodes` episodes from seeds seed, seed+1, ... into a new dataset at `out`
     (with `every_instruction`, each seed once per instruction of the env)."""
     from robopolicy.data.writer import DatasetWriter
-    from robopolicy.sim.registry import entry, make_env
+    from robopolicy.sim.registry import make_env, require_expert
 
-    entry(env_name)  # unknown names fail here, before any process starts
+    require_expert(env_name)  # unknown names and envs without an expert fail here, before any process starts
     if episodes < 1:
         raise RobopolicyError(f"--episodes must be >= 1, got {episodes}")
+    if not 0.0 <= noise < 1.0:
+        raise RobopolicyError(f"--noise is a standard deviation in action units, in [0, 1); got {noise}")
     env_kwargs = {"images": images, "image_size": image_size}
     probe = make_env(env_name, **env_kwargs)
     features, fps = probe.features, int(probe.metadata.get("render_fps", 20))
@@ -125,7 +149,7 @@ def collect(env_name: str, episodes: int, out: str | Path, images: bool = False,
     ctx = mp.get_context("spawn")
     work_queue: mp.Queue = ctx.Queue()
     result_queue: mp.Queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(env_name, env_kwargs, max_steps, work_queue, result_queue), daemon=True)
+    procs = [ctx.Process(target=_worker, args=(env_name, env_kwargs, max_steps, noise, work_queue, result_queue), daemon=True)
              for _ in range(max(1, workers))]
     for p in procs:
         p.start()
@@ -167,7 +191,7 @@ def collect(env_name: str, episodes: int, out: str | Path, images: bool = False,
                     if ep.success or keep_failed:
                         for frame in ep.frames:
                             writer.add_frame(frame, task=ep.task)
-                        writer.save_episode()
+                        writer.save_episode(source="dart" if noise > 0 else None)
                         kept += 1
                         frames += len(ep.frames)
                         if bar is not None:

@@ -24,7 +24,7 @@ from robopolicy.errors import EnvError
 class EnvEntry:
     name: str
     make: Callable[..., object]
-    expert: Callable[[object], object]
+    expert: Callable[[object], object] | None  # None: no scripted expert (no collect, no DAgger)
     description: str
 
 
@@ -32,7 +32,8 @@ _REGISTRY: dict[str, EnvEntry] = {}
 _loaded = False
 
 
-def register(name: str, make: Callable[..., object], expert: Callable[[object], object], description: str) -> None:
+def register(name: str, make: Callable[..., object], expert: Callable[[object], object] | None,
+             description: str) -> None:
     _REGISTRY[name] = EnvEntry(name, make, expert, description)
 
 
@@ -77,5 +78,16 @@ def make_env(name: str, **kwargs):
     return entry(name).make(**kwargs)
 
 
+def require_expert(name: str) -> EnvEntry:
+    """The env's entry, or a clear error when it has no scripted expert."""
+    found = entry(name)
+    if found.expert is None:
+        with_expert = sorted(n for n, e in _REGISTRY.items() if e.expert is not None)
+        raise EnvError(f"env {name!r} has no scripted expert (its register() call passed expert=None);"
+                       f" envs with one: {', '.join(with_expert)}")
+    return found
+
+
 def make_expert(name: str, env):
-    return entry(name).expert(env)
+    """The env's scripted expert: it acts from any state of `env` (`reset()`, then `act(obs)` each step)."""
+    return require_expert(name).expert(env)

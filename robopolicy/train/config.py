@@ -42,6 +42,9 @@ class TrainConfig:
     save_every: int = 1000
     keep_checkpoints: int = 2  # older step_* folders are deleted (last and best are kept)
     progress: bool = True
+    # start from this policy checkpoint's weights and normalization instead of a fresh network
+    # (fine-tuning on new or aggregated data, e.g. DAgger rounds); its policy config must match
+    init_from: str | None = None
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:

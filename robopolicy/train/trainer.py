@@ -109,6 +109,24 @@ def _check_resume_config(run_dir: Path, cfg_dict: dict) -> None:
             raise ConfigError(f"cannot resume {run_dir}: config key {key!r} was {saved.get(key)!r}, now {now.get(key)!r}")
 
 
+def start_from(policy: Policy, checkpoint: Path) -> None:
+    """Load `checkpoint`'s weights and normalization into `policy`, built for the same config and
+    features. The checkpoint's normalization is kept (its weights were learned with it), even when
+    the new data's statistics differ."""
+    source = Policy.load(checkpoint)
+    if to_dict(source.config) != to_dict(policy.config):
+        mine, theirs = _flatten(to_dict(policy.config)), _flatten(to_dict(source.config))
+        key = next(k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k))
+        raise ConfigError(f"train.init_from {checkpoint}: its policy.{key} is {theirs.get(key)!r}, this config's"
+                          f" is {mine.get(key)!r}")
+    if [(f.key, f.shape) for f in source.spec.features] != [(f.key, f.shape) for f in policy.spec.features]:
+        raise ConfigError(f"train.init_from {checkpoint}: trained on features "
+                          f"{[(f.key, f.shape) for f in source.spec.features]}, this dataset has "
+                          f"{[(f.key, f.shape) for f in policy.spec.features]}")
+    policy.load_state_dict(source.state_dict())
+    policy.stats = source.stats
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
@@ -151,7 +169,10 @@ def train(cfg, resume: bool = False, eval_hook: EvalHook | None = None) -> Train
         distributed.barrier(info)
 
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
-        policy = Policy.from_dataset(cfg.policy, dataset).to(device)
+        policy = Policy.from_dataset(cfg.policy, dataset)
+        if tc.init_from:
+            start_from(policy, Path(tc.init_from))
+        policy = policy.to(device)
         autocast_dtype = resolve_precision(tc.precision, device, reads_images=bool(policy.spec.keys("camera")))
         if getattr(policy.encoder, "vision", None) is not None and autocast_dtype is not None:
             policy.encoder.vision.to(memory_format=torch.channels_last)  # oneDNN / cuDNN bf16 convs prefer NHWC

@@ -84,3 +84,5 @@ class ReachExpert:
 
 
 register("test/reach", lambda **kw: ReachEnv(**kw), ReachExpert, "1-D point mass reaching a target (tests)")
+# the same task without a scripted expert: collect and DAgger must refuse it clearly
+register("test/reach-noexpert", lambda **kw: ReachEnv(**kw), None, "test/reach without an expert (tests)")

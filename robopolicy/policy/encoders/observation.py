@@ -51,7 +51,7 @@ class ObservationEncoder(nn.Module):
             self.vision = VisionEncoder(enc.vision, self.camera_keys, (h, w), enc.dim,
                                         instruction_dim=EMBED_DIM if enc.language else 0)
         self.vision_language_film = self.vision is not None and enc.vision.language_film
-        state_dim = sum(spec.shape(k)[0] for k in self.state_keys)
+        state_dim = sum(spec.input_dim(k) for k in self.state_keys)
         self.text = TextEncoder() if enc.language else None
         self.language = nn.Linear(EMBED_DIM, enc.dim) if enc.language else None
         # with an instruction, the state MLP sees it too: "which object matters" is a product of

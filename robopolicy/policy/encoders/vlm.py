@@ -242,7 +242,7 @@ class VLMEncoder(nn.Module):
         self._setup_mode()
 
         self.project = nn.Sequential(nn.LayerNorm(self.hidden_size), nn.Linear(self.hidden_size, enc.dim))
-        state_dim = sum(spec.shape(k)[0] for k in self.state_keys)
+        state_dim = sum(spec.input_dim(k) for k in self.state_keys)
         self.state = (nn.Sequential(nn.Linear(state_dim, enc.dim), nn.Mish(), nn.Linear(enc.dim, enc.dim))
                       if state_dim else None)
         self.num_tokens = None  # varies with the prompt; see Conditioning.mask

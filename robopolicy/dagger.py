@@ -1,0 +1,174 @@
+"""`robopolicy dagger`: DAgger with the env's scripted expert as the labeller.
+
+A policy trained on demonstrations drifts into states the demonstrations never show, and nothing
+there tells it how to get back. DAgger (Ross et al., 2011) closes that loop: roll out the
+current policy, ask the expert for its action in every state the policy visited, add those
+labelled states to the data, train again, repeat. Our experts act from any state (they shadow the
+rollout and keep their own phase), so the labels cost only simulation time.
+
+    round 0   train on the demonstrations (data.path; collected first if missing)  -> round_0/
+    round r   roll out round r-1's policy on `episodes_per_round` seeds, expert-labelled
+              -> data/round_r: round r-1's data + the labelled episodes (source "correction")
+              -> fine-tune round r-1's weights on it for `steps_per_round` steps  -> round_r/
+    finally   evaluate the last round's policy on the config's evaluation seeds -> eval/final/
+
+Run folder <output_dir>/<name>: round_K/ (ordinary training runs), data/round_K/ (LeRobot v3.0
+datasets), rollouts/round_K/ (eval.json of the labelled rollouts: the policy's own success
+before each round's fine-tuning), checkpoints/last (the final policy), dagger.json (per round:
+seeds, episodes and frames added, rollout success, training seconds).
+
+Seeds: demonstrations count from 0, evaluation from 100000; DAgger rollouts use
+`dagger.seed` (300000) + (round - 1) * episodes_per_round + i, disjoint from both.
+A killed run continues with `--resume`: finished rounds (their summary.json and dataset) are
+kept, the round in progress restarts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+from robopolicy.config import ExperimentConfig, load_config
+from robopolicy.data import format as fmt
+from robopolicy.errors import ConfigError, RobopolicyError
+from robopolicy.structs import to_dict
+
+
+def round_config(cfg: ExperimentConfig, r: int, data: Path, init_from: Path | None) -> ExperimentConfig:
+    """The training config of round `r`: its own run folder under the DAgger run, its data, and
+    (after round 0) the previous round's weights with the round's fine-tuning budget."""
+    train = cfg.train
+    if init_from is not None:
+        train = dataclasses.replace(train, init_from=str(init_from), steps=cfg.dagger.steps_per_round,
+                                    warmup_steps=min(train.warmup_steps, cfg.dagger.steps_per_round // 10))
+    return dataclasses.replace(cfg, name=f"round_{r}", output_dir=str(cfg.run_dir),
+                               data=dataclasses.replace(cfg.data, path=str(data)), train=train)
+
+
+def aggregate(previous: Path, labelled: list, out: Path) -> int:
+    """Write `previous` + the labelled episodes to a new dataset at `out`; returns frames added.
+
+    The new dataset keeps the features the rollouts recorded — everything the policy reads — so
+    a low-dim policy trained on a dataset that also has cameras aggregates without them (its
+    rollouts render nothing)."""
+    from robopolicy.data.dataset import LeRobotDataset
+    from robopolicy.data.edit import copy_episodes
+    from robopolicy.data.writer import DatasetWriter
+
+    source = LeRobotDataset(previous)
+    recorded = labelled[0].labels[0]
+    features = {k: v for k, v in source.features.items() if k in recorded or k == "action"}
+    dropped = sorted(k for k in source.features if k not in features and k not in fmt.DEFAULT_FEATURES)
+    if dropped:
+        print(f"[dagger] the rollouts do not record {dropped}; the aggregated dataset leaves them out")
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    added = 0
+    with DatasetWriter(tmp, fps=source.fps, features=features, robot_type=source.info.get("robot_type")) as writer:
+        copy_episodes(source, writer)
+        for episode in labelled:
+            for frame in episode.labels:
+                writer.add_frame({k: frame[k] for k in writer.user_keys}, task=episode.task)
+            writer.save_episode(source="correction")
+            added += len(episode.labels)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)  # a dataset folder under data/ is always complete
+    return added
+
+
+def run_dagger(config: str | Path, overrides: list[str] | None = None, resume: bool = False) -> dict:
+    from robopolicy.evaluate.evaluator import evaluate
+    from robopolicy.experiment import ensure_dataset
+    from robopolicy.sim.registry import require_expert
+    from robopolicy.train.trainer import train
+
+    cfg = load_config(config, overrides)
+    d = cfg.dagger
+    if not cfg.eval.env:
+        raise ConfigError("dagger needs eval.env: the env whose expert labels the policy's rollouts")
+    require_expert(cfg.eval.env)
+    run_dir = cfg.run_dir
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / "dagger.json"
+    state = json.loads(state_path.read_text()) if resume and state_path.is_file() else {"rounds": []}
+    resolved = json.loads(json.dumps(to_dict(cfg)))
+    if state.get("config") not in (None, resolved):
+        raise ConfigError(f"cannot resume {run_dir}: it was started with a different config")
+    state["config"] = resolved
+    timings = {"collect_s": 0.0, "train_s": 0.0, "rollout_s": 0.0, "aggregate_s": 0.0}
+    start = time.perf_counter()
+
+    def save_state() -> None:
+        tmp = state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(state_path)
+
+    t = time.perf_counter()
+    base = ensure_dataset(cfg)
+    timings["collect_s"] = time.perf_counter() - t
+    data, checkpoint, result = base, None, None
+    for r in range(d.rounds + 1):
+        done = state["rounds"][r] if r < len(state["rounds"]) else None
+        round_data = base if r == 0 else run_dir / "data" / f"round_{r}"
+        rcfg = round_config(cfg, r, round_data, checkpoint)
+        if done is not None and (rcfg.run_dir / "summary.json").is_file():
+            print(f"[dagger] round {r}: finished earlier, kept")
+            checkpoint, data = rcfg.run_dir / "checkpoints" / "last", round_data
+            timings["train_s"] += done["train_seconds"]
+            timings["rollout_s"] += done.get("rollout_seconds", 0.0)
+            continue
+        record = {"round": r, "data": str(round_data)}
+        if r > 0:
+            seeds = d.seed + (r - 1) * d.episodes_per_round
+            print(f"[dagger] round {r}: {d.episodes_per_round} expert-labelled rollouts of {checkpoint}")
+            t = time.perf_counter()
+            rollout_cfg = dataclasses.replace(cfg.eval, episodes=d.episodes_per_round, seed=seeds, videos=0, every=0)
+            rollouts = evaluate(checkpoint, cfg.eval.env, rollout_cfg, run_dir / "rollouts" / f"round_{r}",
+                                label_with_expert=True, beta=d.beta)
+            record["rollout_seconds"] = time.perf_counter() - t
+            timings["rollout_s"] += record["rollout_seconds"]
+            labelled = [e for e in rollouts.episodes if e.labels]
+            if not labelled:
+                raise RobopolicyError(f"dagger round {r}: every rollout crashed; see {rollouts.out_dir / 'eval.json'}")
+            t = time.perf_counter()
+            frames = aggregate(data, labelled, round_data)
+            timings["aggregate_s"] += time.perf_counter() - t
+            record.update(seeds=[seeds, seeds + d.episodes_per_round - 1], episodes_added=len(labelled),
+                          frames_added=frames, rollout_successes=rollouts.summary["successes"],
+                          rollout_success_rate=rollouts.summary["success_rate"])
+            print(f"[dagger] round {r}: policy succeeded in {rollouts.summary['successes']}/{len(labelled)}"
+                  f" rollouts; {frames} labelled frames added -> {round_data}")
+        if rcfg.run_dir.exists():
+            shutil.rmtree(rcfg.run_dir)
+        print(f"[dagger] round {r}: training {rcfg.train.steps} steps on {round_data}")
+        result = train(rcfg)
+        record["train_seconds"] = result.train_seconds
+        record["steps"] = result.steps
+        timings["train_s"] += result.train_seconds
+        checkpoint, data = result.checkpoint, round_data
+        state["rounds"] = state["rounds"][:r] + [record]
+        save_state()
+
+    final = run_dir / "checkpoints" / "last"
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.copytree(checkpoint.resolve(), final, ignore=shutil.ignore_patterns("training_state"))
+    t = time.perf_counter()
+    print(f"[dagger] evaluating the final policy on {cfg.eval.episodes} episodes of {cfg.eval.env}")
+    report = evaluate(final, cfg.eval.env, cfg.eval, run_dir / "eval" / "final")
+    timings["eval_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - start
+    state["timings"] = timings
+    state["final"] = {"successes": report.summary["successes"], "episodes": report.summary["episodes"],
+                      "success_rate": report.summary["success_rate"], "ci95": report.summary["ci95"]}
+    save_state()
+    steps = sum(r["steps"] for r in state["rounds"])
+    return {"report": report, "run_dir": run_dir, "checkpoint": final, "timings": timings, "rounds": state["rounds"],
+            "steps": steps, "batch_size": cfg.train.batch_size}

@@ -1,0 +1,131 @@
+"""Corrective data from the experts: DART noise while recording, and DAgger rounds."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import LIFT_VIDEO
+from robopolicy.data.dataset import LeRobotDataset
+from robopolicy.policy.execution import make_executor
+from robopolicy.policy.policy import Policy
+from robopolicy.sim.collect import collect, perturbable_dims, run_expert_episode
+
+LIFT = "robosuite/Lift"
+
+
+class RecordingEnv:
+    """The real env, remembering the actions it executed."""
+
+    def __init__(self, env):
+        self.env, self.executed = env, []
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+    def reset(self, **kw):
+        self.executed = []
+        return self.env.reset(**kw)
+
+    def step(self, action):
+        self.executed.append(np.asarray(action, dtype=np.float32).copy())
+        return self.env.step(action)
+
+
+@pytest.mark.slow
+@pytest.mark.sim
+def test_a_noise_injected_demonstration_records_the_clean_expert_action():
+    from robopolicy.sim.registry import make_env, make_expert
+
+    env = RecordingEnv(make_env(LIFT))
+    episode = run_expert_episode(env, make_expert(LIFT, env.env), seed=3, max_steps=60, noise=0.2)
+    recorded = np.stack([f["action"] for f in episode.frames])
+    executed = np.stack(env.executed)
+    arm = perturbable_dims(env.env)
+    assert not arm[-1] and arm[:3].all()  # the gripper is never perturbed
+    assert np.abs(executed[:, :3] - recorded[:, :3]).mean() > 0.05  # noise was executed...
+    np.testing.assert_array_equal(executed[:, 6], recorded[:, 6])
+    np.testing.assert_array_equal(executed[:, 3:6], 0.0)  # ...but not on dims the Lift expert never moves
+    # replaying what was executed visits the recorded states, where a fresh expert's action is the label
+    expert = make_expert(LIFT, env.env)
+    obs, _ = env.env.reset(seed=3)
+    expert.reset()
+    for frame, action in zip(episode.frames, executed):
+        np.testing.assert_allclose(obs["observation.state"], frame["observation.state"], atol=1e-6)
+        np.testing.assert_allclose(expert.act(obs), frame["action"], atol=1e-6)
+        obs, *_ = env.env.step(action)
+
+
+def test_noise_injected_collections_are_tagged(tmp_path):
+    collect("test/reach", 3, tmp_path / "dart", workers=1, progress=False, noise=0.3)
+    collect("test/reach", 2, tmp_path / "plain", workers=1, progress=False)
+    assert LeRobotDataset(tmp_path / "dart").episodes.sources == ["dart"] * 3
+    assert LeRobotDataset(tmp_path / "plain").episodes.sources == ["demonstration"] * 2
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "robopolicy.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_envs_without_an_expert_are_refused_in_one_line(tmp_path):
+    for args in (["collect", "--env", "test/reach-noexpert", "--episodes", "2", "--out", str(tmp_path / "d")],
+                 ["dagger", "--config", str(tmp_path / "c.yaml")]):
+        (tmp_path / "c.yaml").write_text(f"data: {{path: {tmp_path / 'd'}}}\neval: {{env: test/reach-noexpert}}\n")
+        out = _cli(*args, cwd=tmp_path)
+        assert out.returncode == 2, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and "test/reach-noexpert" in lines[0] and "no scripted expert" in lines[0], lines
+        assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.sim
+def test_a_dagger_round_on_lift_adds_the_expert_labels_of_the_policys_own_states(tmp_path):
+    from robopolicy.dagger import run_dagger
+    from robopolicy.sim.registry import make_env, make_expert
+
+    config = tmp_path / "dagger.yaml"
+    config.write_text(f"""
+name: lift_dagger
+output_dir: {tmp_path / 'runs'}
+data: {{path: {LIFT_VIDEO}}}
+policy:
+  head: flow
+  encoder: {{cameras: [], state_keys: [observation.state, observation.environment_state], dim: 32}}
+  denoiser: {{unet_dims: [32, 64]}}
+train: {{steps: 40, batch_size: 32, lr: 0.001, warmup_steps: 5, progress: false}}
+eval: {{env: {LIFT}, episodes: 2, workers: 2, max_steps: 30, videos: 0}}
+dagger: {{rounds: 1, episodes_per_round: 2, steps_per_round: 10}}
+""")
+    out = run_dagger(config)
+    run = tmp_path / "runs" / "lift_dagger"
+    base, aggregated = LeRobotDataset(LIFT_VIDEO), LeRobotDataset(run / "data" / "round_1")
+    assert aggregated.num_episodes == base.num_episodes + 2
+    assert aggregated.episodes.sources == ["demonstration"] * base.num_episodes + ["correction"] * 2
+    np.testing.assert_array_equal(aggregated.columns["action"][:len(base)], base.columns["action"])
+    state = json.loads((run / "dagger.json").read_text())
+    assert [r["round"] for r in state["rounds"]] == [0, 1] and state["rounds"][1]["seeds"] == [300000, 300001]
+    assert out["checkpoint"] == run / "checkpoints" / "last" and out["report"].summary["episodes"] == 2
+    # The first labelled episode, reproduced by hand: the round-0 policy drives seed 300000 and
+    # the dataset holds its observations with a fresh expert's action in each.
+    torch.set_num_threads(1)
+    policy = Policy.load(run / "round_0" / "checkpoints" / "last")
+    executor = make_executor(policy)
+    env = make_env(LIFT)
+    expert = make_expert(LIFT, env)
+    obs, _ = env.reset(seed=300000)
+    executor.reset(300000)
+    expert.reset()
+    rows = np.arange(aggregated.episodes.from_index[-2], aggregated.episodes.to_index[-2])
+    policy_differs = False
+    for row in rows:
+        np.testing.assert_array_equal(aggregated.columns["observation.state"][row], obs["observation.state"])
+        label = expert.act(obs)
+        np.testing.assert_allclose(aggregated.columns["action"][row], label, atol=1e-6)
+        action = executor.act({**obs, "task": env.task})
+        policy_differs |= bool(np.abs(action - label).max() > 1e-3)
+        obs, *_ = env.step(action)
+    assert policy_differs  # the states are the policy's, not a replay of the expert
