@@ -136,6 +136,7 @@ def print_eval(report) -> None:
 def cmd_collect(args: argparse.Namespace) -> int:
     from robopolicy.sim.collect import collect
 
+    require_positive(args, "episodes", "workers", "max_steps")
     result = collect(args.env, args.episodes, args.out, images=args.images, image_size=args.image_size,
                      workers=args.workers, seed=args.seed, keep_failed=args.keep_failed, max_steps=args.max_steps,
                      video_codec=args.codec, overwrite=args.overwrite, progress=not args.no_progress,
@@ -150,6 +151,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from robopolicy.evaluate.evaluator import evaluate
     from robopolicy.structs import from_dict
 
+    require_positive(args, "episodes", "workers", "max_steps", "n_action_steps", "inference_steps")
     cfg = from_dict(EvalConfig, {
         "env": args.env, "episodes": args.episodes, "workers": args.workers, "seed": args.seed,
         "inference_steps": args.inference_steps, "n_action_steps": args.n_action_steps,
@@ -203,8 +205,17 @@ def _key_values(items: list[str] | None) -> dict:
     return out
 
 
+def require_positive(args: argparse.Namespace, *names: str) -> None:
+    """Counts given on the command line must be >= 1: a 0 is refused, never silently replaced."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise RobopolicyError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     import json
+    import math
     import os
 
     from robopolicy.deploy.loop import WatchdogConfig
@@ -213,6 +224,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     if bool(args.checkpoint) == bool(args.server):
         raise RobopolicyError("give exactly one of --checkpoint (local policy) or --server (policy server URL)")
+    if not (math.isfinite(args.hz) and args.hz > 0):
+        raise RobopolicyError(f"--hz must be a positive number of control steps per second, got {args.hz:g}")
+    if args.server and not args.server.startswith(("ws://", "wss://")):
+        raise RobopolicyError(f"--server must be a ws:// or wss:// URL, got {args.server!r}")
+    require_positive(args, "max_steps", "n_action_steps", "inference_steps")
     if args.checkpoint:
         from robopolicy.policy.policy import Policy
 
@@ -243,7 +259,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         print(f"inference ({inf['strategy']}): {inf['count']} chunks, latency p50 {inf['latency_ms_p50']:.1f} ms,"
               f" p99 {inf['latency_ms_p99']:.1f} ms")
     print(f"safety: {s['safety']['clipped_bounds']} actions clipped to bounds, {s['safety']['clipped_rate']} rate-limited")
-    if args.record:
+    if args.record and (Path(args.record) / "meta" / "info.json").is_file():
         print(f"recorded: {args.record}")
     if args.report:
         Path(args.report).write_text(json.dumps(s, indent=1))

@@ -114,10 +114,6 @@ def test_recording_writes_a_lerobot_dataset_of_what_was_sent(toy_checkpoint, tmp
 
 
 # ---------------------------------------------------------------------------- watchdog
-def _hold_sent(robot_log):
-    return robot_log
-
-
 def test_watchdog_stops_on_stale_observations(toy_checkpoint):
     robot = toy_robot(faults=SimFaults(stale_observation_after=5))
     report = deploy(Policy.load(toy_checkpoint), robot, hz=50, max_steps=100, stop_when_done=False,
@@ -139,6 +135,31 @@ def test_watchdog_stops_on_inference_overrun(toy_checkpoint):
                     strategy="async", inference_steps=3000, watchdog=WatchdogConfig(max_inference_s=0.3))
     assert "inference" in report.stop_reason, report.stop_reason
     assert not robot.is_connected
+
+
+def test_watchdog_stops_an_inference_overrun_with_the_sync_strategy_too(toy_checkpoint):
+    robot = toy_robot()
+    start = time.monotonic()
+    report = deploy(Policy.load(toy_checkpoint), robot, hz=20, max_steps=200, stop_when_done=False,
+                    strategy="sync", inference_steps=5000, watchdog=WatchdogConfig(max_inference_s=0.3))
+    assert "watchdog: inference has run" in report.stop_reason, report.stop_reason
+    assert report.steps <= 24 and not robot.is_connected  # within the first chunks, not 200 steps later
+    assert time.monotonic() - start < 60
+
+
+def test_a_tick_without_a_planned_action_sends_the_hold_command(toy_checkpoint):
+    robot = toy_robot()
+    sent = []
+    original = robot.send_action
+    robot.send_action = lambda a: sent.append(np.array(a)) or original(a)
+    # inference far slower than a chunk lasts at 50 Hz: the queue runs dry between chunks
+    report = deploy(Policy.load(toy_checkpoint), robot, hz=50, max_steps=60, stop_when_done=False,
+                    strategy="async", inference_steps=400,
+                    watchdog=WatchdogConfig(max_consecutive_missed=1000, max_inference_s=30))
+    assert report.holds > 0 and report.holds == report.missed_actions, report.summary()
+    holds = sum(1 for a in sent if np.array_equal(a, np.zeros(1)))
+    assert holds == report.holds + 1  # every tick without an action, then the safe stop; nothing repeated
+    assert report.summary()["holds"] == report.holds
 
 
 def test_safety_refuses_nan_actions_and_stops(toy_checkpoint, tmp_path):

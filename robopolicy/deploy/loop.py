@@ -10,8 +10,11 @@ more than a full period late is counted as a missed deadline and the schedule sk
 than bursting to catch up (a robot must not receive a burst of stale commands).
 
 Each tick: read the observation -> watchdog checks -> hand it to the inference runtime -> take
-the action for this step (or hold, counted as a missed action) -> safety filter -> send ->
-record. The watchdog performs a safe stop — send the robot's hold action, then disconnect — when
+the action for this step -> safety filter -> send -> record. A tick without a planned action
+sends the robot's hold command instead (counted in `holds` and `missed_actions`), never the
+previous action again: for a delta controller a repeated action is continued motion. The hold
+goes out as the robot defines it, without the safety filter's clipping (bounds learned from the
+data could turn "stay here" into a move), but only if finite. The watchdog performs a safe stop — send the robot's hold action, then disconnect — when
 observations go stale, inference falls behind its budget or fails, the safety filter refuses an
 action, or the driver raises. Ctrl-C and SIGTERM end the loop cleanly the same way.
 """
@@ -44,6 +47,7 @@ class DeployReport:
     periods_s: list = field(default_factory=list)
     period_errors_s: list = field(default_factory=list)
     missed_actions: int = 0
+    holds: int = 0  # ticks that sent the robot's hold command for want of a planned action
     missed_deadlines: int = 0
     success: bool | None = None
     safety: dict = field(default_factory=dict)
@@ -55,7 +59,8 @@ class DeployReport:
         return {"steps": self.steps, "stop_reason": self.stop_reason, "success": self.success,
                 "period_ms_mean": float(periods.mean()), "period_error_ms_p50": float(np.percentile(errs, 50)),
                 "period_error_ms_p99": float(np.percentile(errs, 99)), "period_error_ms_max": float(errs.max()),
-                "missed_actions": self.missed_actions, "missed_deadlines": self.missed_deadlines,
+                "missed_actions": self.missed_actions, "holds": self.holds,
+                "missed_deadlines": self.missed_deadlines,
                 "safety": self.safety, "inference": self.inference}
 
 
@@ -124,9 +129,12 @@ class ControlLoop:
                 if age > self.watchdog.max_observation_age_s:
                     raise _Stop(f"watchdog: observation is {age * 1000:.0f} ms old (limit"
                                 f" {self.watchdog.max_observation_age_s * 1000:.0f} ms)")
+                self.runtime.observe(step, obs)
+                busy = self.runtime.busy_for()
+                if busy > self.watchdog.max_inference_s:
+                    raise _Stop(f"watchdog: inference has run {busy:.2f} s (budget {self.watchdog.max_inference_s} s)")
                 if self.runtime.stats.errors:
                     raise _Stop(f"watchdog: inference failed: {self.runtime.stats.errors[-1]}")
-                self.runtime.observe(step, obs)
                 action = self.runtime.action(step)
                 if action is None:
                     report.missed_actions += 1
@@ -134,17 +142,18 @@ class ControlLoop:
                     if missed_in_row > max_missed:
                         raise _Stop(f"watchdog: no action from the policy for {missed_in_row} steps"
                                     f" (inference too slow for {self.hz:g} Hz?)")
-                    action = previous if previous is not None else self.robot.hold_action()
+                    hold = np.asarray(self.robot.hold_action(), dtype=np.float64)
+                    if not np.isfinite(hold).all():
+                        raise _Stop(f"safety: the robot's hold command {hold.tolist()} is not finite")
+                    report.holds += 1
+                    sent = self.robot.send_action(hold.astype(np.float32))
                 else:
                     missed_in_row = 0
-                busy = getattr(self.runtime, "busy_for", lambda: 0.0)()
-                if busy > self.watchdog.max_inference_s:
-                    raise _Stop(f"watchdog: inference has run {busy:.2f} s (budget {self.watchdog.max_inference_s} s)")
-                try:
-                    safe = self.safety(action, previous)
-                except SafetyError as err:
-                    raise _Stop(f"safety: {err}") from None
-                sent = self.robot.send_action(safe)
+                    try:
+                        safe = self.safety(action, previous)
+                    except SafetyError as err:
+                        raise _Stop(f"safety: {err}") from None
+                    sent = self.robot.send_action(safe)
                 previous = np.asarray(sent, dtype=np.float64)
                 if self.recorder is not None:
                     self.recorder.add(obs, np.asarray(sent, dtype=np.float32))

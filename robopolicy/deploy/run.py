@@ -68,9 +68,11 @@ def deploy(policy, robot, hz: float = 20.0, duration_s: float | None = None, max
     action_dim = robot.action_features["action"]["shape"][0]
     action_stats = (policy.stats or {}).get("action") if policy.stats else None
     guard = SafetyFilter.from_config(safety or SafetyConfig(), action_stats, action_dim)
+    watchdog = watchdog or WatchdogConfig()
     runtime = InferenceRuntime(policy, strategy=strategy, n_action_steps=n_action_steps,
                                inference_steps=inference_steps, hz=hz, seed=seed,
-                               latency_margin_steps=latency_margin_steps)
+                               latency_margin_steps=latency_margin_steps,
+                               inference_budget_s=watchdog.max_inference_s)
     recorder = None
     if record is not None:
         from robopolicy.deploy.recorder import DeployRecorder

@@ -2,9 +2,11 @@
 
 The loop calls `observe(step, obs)` then `action(step)` once per tick. Strategies:
 
-  sync      receding horizon, inference inline when the queue runs dry: simplest, but the tick that
-            runs inference is late by the inference time (the baseline the others are measured
-            against).
+  sync      receding horizon, inference when the queue runs dry while the loop waits for it:
+            simplest, but the tick that runs inference is late by the inference time (the
+            baseline the others are measured against). The inference runs in the background
+            thread like the others' and the loop waits at most `inference_budget_s` for it, so
+            the watchdog stops the robot on an overrun in this strategy too.
   async     receding horizon with inference in a background thread, started early enough (from
             the measured latency) that the next chunk arrives before the queue runs dry. When it
             arrives, the actions whose time already passed during inference are skipped.
@@ -61,7 +63,8 @@ class RuntimeStats:
 class InferenceRuntime:
     def __init__(self, policy, strategy: str = "async", n_action_steps: int | None = None,
                  inference_steps: int | None = None, hz: float = 20.0, ensemble_decay: float = 0.01,
-                 seed: int = 0, latency_margin_steps: int = 1, inference_threads: int | None = None):
+                 seed: int = 0, latency_margin_steps: int = 1, inference_threads: int | None = None,
+                 inference_budget_s: float | None = None):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         if strategy == "rtc" and policy.config.head == "act":
@@ -75,6 +78,7 @@ class InferenceRuntime:
         self.decay = ensemble_decay
         self.margin = latency_margin_steps
         self.inference_threads = inference_threads or default_inference_threads()
+        self.inference_budget_s = inference_budget_s  # sync: the longest the loop waits for a chunk
         self._saved_threading: tuple[int, float] | None = None
         self.keys = [*policy.observation_keys, "task"]
         self.history = ObservationHistory(policy.config.n_obs_steps)
@@ -88,6 +92,7 @@ class InferenceRuntime:
         self._busy = False
         self._busy_since = 0.0
         self._wake = threading.Event()
+        self._finished = threading.Event()  # set whenever the worker ends an inference
         self._stop = threading.Event()
         self._last_committed: np.ndarray | None = None
 
@@ -101,10 +106,9 @@ class InferenceRuntime:
             sys.setswitchinterval(SWITCH_INTERVAL_S)
 
     def start(self) -> None:
-        if self.strategy != "sync":
-            self._share_the_cpu()
-            self._thread = threading.Thread(target=self._worker, daemon=True, name="robopolicy-inference")
-            self._thread.start()
+        self._share_the_cpu()  # not for sync, whose loop waits instead of competing for the cores
+        self._thread = threading.Thread(target=self._worker, daemon=True, name="robopolicy-inference")
+        self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -149,9 +153,11 @@ class InferenceRuntime:
         with self._lock:
             self._latest = (step, stacked)
             need = self._needs_inference(step)
-        if self.strategy == "sync":
-            if need:
-                self._infer(step, stacked, prefix=None)
+            if need and self.strategy == "sync":
+                self._finished.clear()  # under the lock: the worker cannot have taken this step yet
+        if need and self.strategy == "sync":
+            self._wake.set()
+            self._finished.wait(self.inference_budget_s)  # past the budget, the watchdog sees busy_for()
         elif need:
             self._wake.set()
 
@@ -198,6 +204,7 @@ class InferenceRuntime:
             finally:
                 with self._lock:
                     self._busy = False
+                self._finished.set()
 
     def _rtc_prefix(self, step: int) -> np.ndarray | None:
         """Actions already queued for the steps this inference is expected to overlap."""
