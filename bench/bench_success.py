@@ -2,6 +2,7 @@
 
   python bench/bench_success.py configs/lift_lowdim_flow.yaml configs/can_lowdim_diffusion.yaml ...
   python bench/bench_success.py --evaluate RUN [--env ENV] --trained-on "1x H100"   # a run trained elsewhere
+  python bench/bench_success.py --dagger configs/square_lowdim_flow_dagger.yaml   # DAgger rounds, every round's training counted
   python bench/bench_success.py --table          # markdown table of every recorded result
 
 Each finished experiment is written to bench/results/success_<name>.json (success rate, 95%
@@ -23,15 +24,32 @@ from benchlib import machine
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run(config: Path, overrides: list[str]) -> dict:
-    from robopolicy.experiment import run_experiment
+def run(config: Path, overrides: list[str], dagger: bool = False) -> dict:
+    """collect -> train -> evaluate (or, with `dagger`, `robopolicy dagger`'s rounds) and record it."""
+    from robopolicy.config import load_config
+    from robopolicy.data.dataset import LeRobotDataset
 
-    out = run_experiment(config, overrides)
-    s, t, train = out["report"].summary, out["timings"], out["train"]
-    record = record_of(s, train_steps=train.steps, train_seconds=t["train_s"], collect_seconds=t["collect_s"],
-                       eval_seconds=t["eval_s"], config=str(config), overrides=overrides,
-                       command=f"python bench/bench_success.py {config} {' '.join(overrides)}".strip())
-    return save(train.run_dir.name, record)
+    cfg = load_config(config, overrides)
+    flag = " --dagger" if dagger else ""
+    command = f"python bench/bench_success.py{flag} {config} {' '.join(f'--set {o}' for o in overrides)}".strip()
+    if dagger:
+        from robopolicy.dagger import run_dagger
+
+        out = run_dagger(config, overrides)
+        t, steps, rounds = out["timings"], out["steps"], out["rounds"]
+    else:
+        from robopolicy.experiment import run_experiment
+
+        out = run_experiment(config, overrides)
+        t, steps, rounds = out["timings"], out["train"].steps, None
+    demos = LeRobotDataset(cfg.data.path)
+    record = record_of(out["report"].summary, train_steps=steps, train_seconds=t["train_s"],
+                       collect_seconds=t["collect_s"], eval_seconds=t["eval_s"],
+                       rollout_seconds=t.get("rollout_s"), demos=demos.num_episodes, demo_frames=len(demos),
+                       demo_first_seed=cfg.collect.seed,
+                       samples_seen=steps * cfg.train.batch_size, dagger_rounds=rounds,
+                       config=str(config), overrides=overrides, command=command)
+    return save(cfg.name, record)
 
 
 def record_of(s: dict, **fields) -> dict:
@@ -111,6 +129,8 @@ def main() -> None:
     parser.add_argument("configs", nargs="*", type=Path)
     parser.add_argument("--set", action="append", default=[], metavar="key=value", help="override for every config")
     parser.add_argument("--table", action="store_true")
+    parser.add_argument("--dagger", action="store_true",
+                        help="train with `robopolicy dagger` (the config's dagger: section) instead of `run`")
     parser.add_argument("--evaluate", type=Path, metavar="RUN", help="score a run folder trained on another machine")
     parser.add_argument("--env", help="with --evaluate: the env, when the run's config names none")
     parser.add_argument("--trained-on", default="another machine", help="with --evaluate: where it was trained")
@@ -122,7 +142,7 @@ def main() -> None:
         print(json.dumps(evaluate_run(args.evaluate, args.env, args.trained_on)), flush=True)
         return
     for config in args.configs:
-        record = run(config, args.set)
+        record = run(config, args.set, dagger=args.dagger)
         print(json.dumps(record), flush=True)
     if not args.configs:
         parser.print_help(sys.stderr)

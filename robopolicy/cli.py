@@ -108,6 +108,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(cfg, resume=bool(args.resume), eval_hook=hook)
     import os
 
+    if result.already_complete:
+        return 0
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {result.steps} steps in {result.train_seconds:.0f} s ({result.samples_per_s:.1f} samples/s),"
               f" final loss {result.final_loss:.4f}")
@@ -124,8 +126,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def print_eval(report) -> None:
     s = report.summary
     lo, hi = s["ci95"]
+    length = s["mean_episode_length"]
     print(f"success rate {s['success_rate']:.1%} ({s['successes']}/{s['episodes']}, 95% CI {lo:.1%}-{hi:.1%})"
-          f" on {s['env']}, mean episode length {s['mean_episode_length']:.0f} steps")
+          f" on {s['env']}" + (f", mean episode length {length:.0f} steps" if length is not None else ""))
     if s["failed_runs"]:
         print(f"{len(s['failed_runs'])} episode(s) crashed and were counted as failures (see eval.json)")
     print(f"report: {report.out_dir / 'eval.json'}, plot: {report.out_dir / 'summary.png'}")
@@ -273,12 +276,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from robopolicy.deploy.server import PolicyServer, load_server_policy, new_token
 
+    require_positive(args, "max_message_mb", "max_steps")
     token = args.token or os.environ.get("ROBOPOLICY_TOKEN") or new_token()
     policy = load_server_policy(args.checkpoint, args.device)
     if args.compile:
         policy.compile_for_inference(vision_bf16=args.compile == "bf16-vision")
     server = PolicyServer(policy, token, host=args.host, port=args.port,
-                          max_message_bytes=args.max_message_mb * 1024 * 1024)
+                          max_message_bytes=args.max_message_mb * 1024 * 1024, max_steps=args.max_steps)
     if not (args.token or os.environ.get("ROBOPOLICY_TOKEN")):
         print(f"token: {token}  (give it to clients with --token or ROBOPOLICY_TOKEN)")
     print(f"serving {args.checkpoint} on ws://{args.host}:{args.port}", flush=True)
@@ -416,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     add_compile_option(p)
     p.add_argument("--max-message-mb", type=int, default=16)
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="most denoising steps a request may ask for (default: the policy's own setting)")
     p.set_defaults(func=cmd_serve)
 
     p = verbs.add_parser("envs", help="list the registered simulation tasks")

@@ -246,6 +246,110 @@ def test_server_refuses_wrong_token_and_oversized_messages(server):
         client.predict_chunk(bad)
 
 
+def _raw(server, token="s3cret"):
+    """A websocket speaking the wire format by hand, as a misbehaving client would."""
+    from websockets.sync.client import connect
+
+    return connect(f"ws://127.0.0.1:{server.port}", compression=None, open_timeout=5)
+
+
+TOY_OBS = {"observation.state": np.zeros(2, np.float32), "observation.environment_state": np.zeros(1, np.float32)}
+
+
+def _ask(ws, header, arrays=None, token="s3cret"):
+    from robopolicy.deploy.protocol import decode, encode
+
+    ws.send(encode({"token": token, **header}, arrays))
+    return decode(ws.recv(timeout=10))[0]
+
+
+def _closed_code(ws):
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        ws.recv(timeout=10)
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd else None
+    return "open"
+
+
+def test_server_caps_the_steps_a_request_may_ask_for(server):
+    with _raw(server) as ws:
+        reply = _ask(ws, {"type": "predict", "id": 1, "steps": 10_000}, TOY_OBS)
+        assert reply["type"] == "error" and "server's limit" in reply["message"]
+        assert _ask(ws, {"type": "predict", "id": 2, "steps": 10}, TOY_OBS)["type"] == "result"
+        assert _ask(ws, {"type": "hello"})["max_steps"] == 10  # the policy's own setting
+
+
+def test_unauthenticated_clients_get_only_the_door(toy_checkpoint):
+    srv = PolicyServer(Policy.load(toy_checkpoint), token="s3cret", port=0, auth_timeout_s=1.0,
+                       max_connections_per_address=3).start()
+    try:
+        with _raw(srv) as idle:  # says nothing: closed after the deadline
+            assert _closed_code(idle) == 4001
+        with _raw(srv) as garbage:  # a malformed first frame: closed, no error dialogue
+            garbage.send(b"\x00\x01")
+            assert _closed_code(garbage) == 4001
+        with _raw(srv) as wrong:
+            from robopolicy.deploy.protocol import encode
+
+            wrong.send(encode({"type": "hello", "token": "nope"}))
+            assert _closed_code(wrong) == 4001
+        # connections per address are capped while they are open
+        held = [_raw(srv) for _ in range(3)]
+        for ws in held:
+            assert _ask(ws, {"type": "hello"})["type"] == "hello"
+        with _raw(srv) as extra:
+            assert _closed_code(extra) == 1013
+        for ws in held:
+            ws.close()
+        time.sleep(0.5)
+        with _raw(srv) as again:
+            assert _ask(again, {"type": "hello"})["type"] == "hello"
+    finally:
+        srv.shutdown()
+
+
+@pytest.mark.parametrize("arrays_meta, message", [
+    ([{"key": 5, "dtype": "float32", "shape": [2], "offset": 0, "nbytes": 8}], "not a string"),
+    ([{"key": "observation.state", "dtype": "float32", "shape": [-2], "offset": 0, "nbytes": 8}], "non-negative"),
+    ([{"key": "observation.state", "dtype": "float32", "shape": [2 ** 62, 2 ** 62], "offset": 0, "nbytes": 8}],
+     "size does not match"),
+    ("not a list", "must be a list"),
+    ([{"key": "observation.state", "dtype": "object", "shape": [1], "offset": 0, "nbytes": 8}], "not allowed"),
+])
+def test_malformed_frames_get_an_error_reply_and_the_server_keeps_serving(server, arrays_meta, message):
+    import json
+    import struct
+
+    with _raw(server) as ws:
+        assert _ask(ws, {"type": "hello"})["type"] == "hello"
+        head = json.dumps({"type": "predict", "token": "s3cret", "id": 3, "arrays": arrays_meta}).encode()
+        ws.send(struct.pack("<I", len(head)) + head + bytes(8))
+        from robopolicy.deploy.protocol import decode
+
+        reply = decode(ws.recv(timeout=10))[0]
+        assert reply["type"] == "error" and message in reply["message"], reply
+        assert _ask(ws, {"type": "predict", "id": 4}, TOY_OBS)["type"] == "result"
+
+
+def test_deeply_nested_json_and_missing_or_nan_observations_are_refused(server):
+    import struct
+
+    with _raw(server) as ws:
+        assert _ask(ws, {"type": "hello"})["type"] == "hello"
+        head = b'{"token": "s3cret", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+        ws.send(struct.pack("<I", len(head)) + head)
+        from robopolicy.deploy.protocol import decode
+
+        assert "nested too deeply" in decode(ws.recv(timeout=10))[0]["message"]
+        missing = _ask(ws, {"type": "predict", "id": 5}, {"observation.state": np.zeros(2, np.float32)})
+        assert missing["type"] == "error" and "observation.environment_state" in missing["message"]
+        nan = _ask(ws, {"type": "predict", "id": 6}, {**TOY_OBS, "observation.state": np.array([np.nan, 0], np.float32)})
+        assert nan["type"] == "error" and "NaN" in nan["message"]
+        assert _ask(ws, {"type": "predict", "id": 7}, TOY_OBS)["type"] == "result"
+
+
 def test_client_reconnects_after_a_server_restart_and_times_out_when_gone(toy_checkpoint):
     policy = Policy.load(toy_checkpoint)
     srv = PolicyServer(policy, token="t", port=0).start()

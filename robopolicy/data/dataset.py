@@ -212,6 +212,10 @@ class LeRobotDataset:
         self.data_paths = [fmt.data_file(self.root, self.info, c, f) for c, f in seen]
         for path in self.data_paths:
             table = read_parquet(path)
+            undeclared = [c for c in table.column_names if c not in self.features]
+            if undeclared:
+                raise DatasetError(f"{path}: column {undeclared[0]!r} is not declared in meta/info.json features"
+                                   f" (declare it there, or remove the column)")
             for key in numeric:
                 shape = self.features[key]["shape"]
                 values = column_to_numpy(table, key, path, shape)
@@ -325,7 +329,7 @@ class LeRobotDataset:
     def stats(self) -> dict[str, stats_lib.Stats]:
         if self._stats is None:
             path = self.root / fmt.STATS_PATH
-            self._stats = stats_lib.from_json(fmt.load_json(path)) if path.is_file() else self.compute_stats()
+            self._stats = load_stats(path, self.features) if path.is_file() else self.compute_stats()
         return self._stats
 
     def compute_stats(self) -> dict[str, stats_lib.Stats]:
@@ -345,6 +349,33 @@ class LeRobotDataset:
     def __repr__(self) -> str:
         return (f"LeRobotDataset({str(self.root)!r}, episodes={self.num_episodes}, frames={len(self)},"
                 f" fps={self.fps}, cameras={self.camera_keys})")
+
+
+def load_stats(path: Path, features: dict) -> dict[str, stats_lib.Stats]:
+    """meta/stats.json, checked: an object of per-feature objects of finite numbers whose min / max /
+    mean / std fit the feature's shape; every error names the file and the feature."""
+    data = fmt.load_json(path)
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: must be a JSON object of per-feature statistics")
+    out = {}
+    for key, entry in data.items():
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{path}: statistics of {key!r} must be an object, got {type(entry).__name__}")
+        try:
+            stats = {k: np.asarray(v, dtype=np.float64) for k, v in entry.items()}
+        except (TypeError, ValueError):
+            raise DatasetError(f"{path}: statistics of {key!r} are not all numbers") from None
+        spec = features.get(key)
+        for name in ("min", "max", "mean", "std"):
+            if name not in stats:
+                continue
+            if not np.isfinite(stats[name]).all():
+                raise DatasetError(f"{path}: {key}.{name} contains NaN or inf")
+            if spec is not None and spec["dtype"] not in fmt.VISUAL_DTYPES and stats[name].size != int(np.prod(spec["shape"])):
+                raise DatasetError(f"{path}: {key}.{name} has {stats[name].size} values, the feature has shape"
+                                   f" {spec['shape']}")
+        out[key] = stats
+    return out
 
 
 def decode_png(data: bytes, where: str) -> np.ndarray:

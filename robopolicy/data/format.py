@@ -55,10 +55,14 @@ def load_json(path: Path) -> Any:
     if not path.is_file():
         raise DatasetError(f"missing file: {path}")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as err:
         raise DatasetError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: JSON nested too deeply") from None
 
 
 def write_json_atomic(path: Path, data: Any, indent: int = 4) -> None:
@@ -78,6 +82,8 @@ def load_info(root: Path) -> dict[str, Any]:
     if not root.is_dir():
         raise DatasetError(f"dataset path is not a folder: {root}")
     info = load_json(root / INFO_PATH)
+    if not isinstance(info, dict):
+        raise DatasetError(f"{root / INFO_PATH}: must be a JSON object, got {type(info).__name__}")
     version = info.get("codebase_version")
     if version != CODEBASE_VERSION:
         hint = ""
@@ -92,9 +98,22 @@ def load_info(root: Path) -> dict[str, Any]:
     for key in ("fps", "features", "total_episodes", "total_frames", "data_path"):
         if key not in info:
             raise DatasetError(f"{root / INFO_PATH}: required key {key!r} is missing")
+    fps = info["fps"]
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+        raise DatasetError(f"{root / INFO_PATH}: fps must be a positive number, got {fps!r}")
+    if not isinstance(info["features"], dict):
+        raise DatasetError(f"{root / INFO_PATH}: features must be an object mapping names to specs")
+    for key in ("total_episodes", "total_frames"):
+        if isinstance(info[key], bool) or not isinstance(info[key], int) or info[key] < 0:
+            raise DatasetError(f"{root / INFO_PATH}: {key} must be a non-negative integer, got {info[key]!r}")
     for name, spec in info["features"].items():
-        if "dtype" not in spec or "shape" not in spec:
+        if not isinstance(spec, dict) or "dtype" not in spec or "shape" not in spec:
             raise DatasetError(f"{root / INFO_PATH}: feature {name!r} needs 'dtype' and 'shape'")
+        shape = spec["shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                                  for d in shape):
+            raise DatasetError(f"{root / INFO_PATH}: feature {name!r} has shape {shape!r}; it must be a list of"
+                               f" positive integers")
     return info
 
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from robopolicy.data import format as fmt
-from robopolicy.data import stats as stats_lib
-from robopolicy.data.dataset import LeRobotDataset
+from robopolicy.data.dataset import LeRobotDataset, load_stats
 from robopolicy.data.frame_cache import FrameCache
 from robopolicy.errors import DatasetError
 
@@ -79,11 +78,11 @@ def verify(root: str | Path) -> list[str]:
         problems.append(f"missing file: {stats_path} (run `robopolicy dataset stats {ds.root} --write`)")
     else:
         try:
-            stats = stats_lib.from_json(fmt.load_json(stats_path))
-        except (DatasetError, ValueError, TypeError) as err:
-            problems.append(f"{stats_path}: unreadable ({err})")
-            stats = {}
-        for key, spec in ds.features.items():
+            stats = load_stats(stats_path, ds.features)
+        except DatasetError as err:
+            problems.append(str(err))
+            stats = None
+        for key, spec in (ds.features.items() if stats is not None else ()):
             if key in fmt.DEFAULT_FEATURES:
                 continue
             if key not in stats:

@@ -94,7 +94,7 @@ class DatasetWriter:
         self.root = Path(root)
         if self.root.exists() and any(self.root.iterdir()):
             if not overwrite:
-                raise DatasetError(f"output folder {self.root} already exists and is not empty (pass overwrite=True)")
+                raise DatasetError(f"output folder {self.root} already exists and is not empty (--overwrite replaces it)")
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.fps = int(fps)

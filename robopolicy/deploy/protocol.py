@@ -15,6 +15,7 @@ Replies:   {"type": "hello", "spec": {...}}   {"type": "result", "id": n, "array
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 
 ALLOWED_DTYPES = {"uint8", "float32", "float64", "int64", "int32", "bool"}
 PROTOCOL_VERSION = 1
+MAX_ARRAYS = 64
 
 
 class ProtocolError(ValueError):
@@ -54,20 +56,34 @@ def decode(message: bytes) -> tuple[dict, dict[str, np.ndarray]]:
         header = json.loads(message[4:4 + n].decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ProtocolError(f"header is not JSON: {err}") from None
+    except RecursionError:
+        raise ProtocolError("header JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise ProtocolError("header must be a JSON object")
+    items = header.get("arrays", [])
+    if not isinstance(items, list) or len(items) > MAX_ARRAYS:
+        raise ProtocolError(f"'arrays' must be a list of at most {MAX_ARRAYS} array descriptions")
     body = memoryview(message)[4 + n:]
     arrays = {}
-    for item in header.get("arrays", []):
+    for item in items:
         try:
+            key = item["key"]
+            if not isinstance(key, str):
+                raise ProtocolError(f"array key {key!r} is not a string")
             dtype = np.dtype(item["dtype"])
             if dtype.name not in ALLOWED_DTYPES:
-                raise ProtocolError(f"array {item['key']!r}: dtype {dtype} not allowed")
-            shape = tuple(int(s) for s in item["shape"])
+                raise ProtocolError(f"array {key!r}: dtype {dtype} not allowed")
+            shape = tuple(_dimension(s) for s in item["shape"])
             start, nbytes = int(item["offset"]), int(item["nbytes"])
         except (KeyError, TypeError, ValueError) as err:
-            raise ProtocolError(f"bad array description {item!r}: {err}") from None
-        if nbytes != int(np.prod(shape)) * dtype.itemsize or start < 0 or start + nbytes > len(body):
-            raise ProtocolError(f"array {item.get('key')!r}: size does not match its shape or the message")
-        arrays[item["key"]] = np.frombuffer(body[start:start + nbytes], dtype=dtype).reshape(shape).copy()
+            raise ProtocolError(f"bad array description {str(item)[:200]}: {err}") from None
+        if len(shape) > 8 or nbytes != math.prod(shape) * dtype.itemsize or start < 0 or start + nbytes > len(body):
+            raise ProtocolError(f"array {key!r}: size does not match its shape or the message")
+        arrays[key] = np.frombuffer(body[start:start + nbytes], dtype=dtype).reshape(shape).copy()
     return header, arrays
+
+
+def _dimension(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"shape entries must be non-negative integers, got {value!r}")
+    return value

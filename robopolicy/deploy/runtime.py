@@ -95,6 +95,7 @@ class InferenceRuntime:
         self._finished = threading.Event()  # set whenever the worker ends an inference
         self._stop = threading.Event()
         self._last_committed: np.ndarray | None = None
+        self._sync_request: int | None = None  # sync: the step the loop is waiting for a chunk for
 
     # ------------------------------------------------------------------ lifecycle
     def _share_the_cpu(self) -> None:
@@ -154,6 +155,7 @@ class InferenceRuntime:
             self._latest = (step, stacked)
             need = self._needs_inference(step)
             if need and self.strategy == "sync":
+                self._sync_request = step  # sync infers only when the loop asks, for the step it asks
                 self._finished.clear()  # under the lock: the worker cannot have taken this step yet
         if need and self.strategy == "sync":
             self._wake.set()
@@ -191,7 +193,11 @@ class InferenceRuntime:
             self._wake.wait(timeout=0.05)
             self._wake.clear()
             with self._lock:
-                if self._latest is None or not self._needs_inference(self._latest[0]):
+                if self.strategy == "sync":
+                    if self._sync_request is None:
+                        continue
+                    self._sync_request = None
+                elif self._latest is None or not self._needs_inference(self._latest[0]):
                     continue
                 step, stacked = self._latest
                 self._busy = True

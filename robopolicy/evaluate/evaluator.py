@@ -221,6 +221,10 @@ def evaluate(checkpoint: str | Path, env_name: str, cfg: EvalConfig, out_dir: st
     (out_dir / "eval.json").write_text(json.dumps(summary, indent=1))
     (out_dir / "episodes.jsonl").write_text("".join(json.dumps(e.to_json()) + "\n" for e in episodes))
     _plot(out_dir, episodes, summary)
+    if all(e.error for e in episodes):
+        first = episodes[0]
+        raise RobopolicyError(f"every one of the {len(episodes)} episodes crashed (report: {out_dir / 'eval.json'});"
+                              f" seed {first.seed}: {first.error}")
     return EvalResult(out_dir=out_dir, episodes=episodes, summary=summary)
 
 
@@ -295,6 +299,7 @@ def _summary(checkpoint: Path, env_name: str, cfg: EvalConfig, policy, episodes:
         "mean_steps_to_success": sum(success_lengths) / len(success_lengths) if success_lengths else None,
         "per_task": _per_task(episodes),
         "failed_runs": [{"seed": e.seed, "error": e.error} for e in episodes if e.error],
+        "all_crashed": bool(episodes) and all(e.error for e in episodes),
         "videos": [e.video for e in episodes if e.video],
         "timing": {"wall_s": wall, "episodes_per_min": 60.0 * n / wall if wall > 0 else None, "workers": workers},
         "versions": versions(),

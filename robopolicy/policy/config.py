@@ -88,6 +88,15 @@ class DenoiserConfig:
     transformer_heads: int = 4
     dropout: float = 0.0
 
+    def __post_init__(self):
+        if not self.unet_dims or min(self.unet_dims) < 1:
+            raise ValueError(f"denoiser.unet_dims needs one or more positive widths, got {self.unet_dims}")
+        if self.kernel_size < 1 or self.n_groups < 1 or self.transformer_layers < 1 or self.transformer_heads < 1:
+            raise ValueError("denoiser.kernel_size, n_groups, transformer_layers and transformer_heads must be >= 1")
+        if self.transformer_dim % self.transformer_heads:
+            raise ValueError(f"denoiser.transformer_dim ({self.transformer_dim}) must be a multiple of"
+                             f" transformer_heads ({self.transformer_heads})")
+
 
 @dataclass
 class DiffusionConfig:
@@ -98,6 +107,11 @@ class DiffusionConfig:
     num_inference_steps: int = 10
     clip_sample: bool = True
 
+    def __post_init__(self):
+        if self.num_train_timesteps < 1 or not 1 <= self.num_inference_steps <= self.num_train_timesteps:
+            raise ValueError(f"diffusion.num_inference_steps must be in [1, num_train_timesteps="
+                             f"{self.num_train_timesteps}], got {self.num_inference_steps}")
+
 
 @dataclass
 class FlowConfig:
@@ -105,6 +119,10 @@ class FlowConfig:
     time_beta_alpha: float = 1.5  # t ~ Beta(1.5, 1) as in pi0: more weight near the noise end
     time_beta_beta: float = 1.0
     time_min: float = 0.001
+
+    def __post_init__(self):
+        if self.num_inference_steps < 1:
+            raise ValueError(f"flow.num_inference_steps must be >= 1, got {self.num_inference_steps}")
 
 
 @dataclass

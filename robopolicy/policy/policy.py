@@ -267,8 +267,34 @@ class Policy(nn.Module):
         load_weights(policy, state, path)
         stats_path = directory / STATS_FILE
         if stats_path.is_file():
-            policy.stats = json.loads(stats_path.read_text())
+            policy.stats = read_checkpoint_stats(stats_path)
         return policy.to(device).eval()
+
+
+def _read_json_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({getattr(err, 'msg', type(err).__name__)})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_checkpoint_stats(path: Path) -> dict:
+    """A checkpoint's stats.json: per-feature objects of numbers (what safety bounds are made from)."""
+    data = _read_json_object(path)
+    for key, entry in data.items():
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{path}: statistics of {key!r} must be an object")
+        for name, value in entry.items():
+            try:
+                array = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise CheckpointError(f"{path}: {key}.{name} is not numbers") from None
+            if name in ("min", "max", "mean", "std") and not np.isfinite(array).all():
+                raise CheckpointError(f"{path}: {key}.{name} contains NaN or inf")
+    return data
 
 
 def check_quaternions(spec: PolicySpec) -> None:
@@ -298,14 +324,16 @@ def read_spec(directory: Path) -> PolicySpec:
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"missing file: {path} (is {directory} a robopolicy checkpoint?)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err.msg})") from None
+    data = _read_json_object(path)
     if data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a robopolicy policy checkpoint (format {data.get('format')!r})")
-    if data.get("version", 0) > CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {data['version']} is newer than this robopolicy reads")
+    version = data.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{path}: version must be an integer, got {version!r}")
+    if version > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {version} is newer than this robopolicy reads")
+    if not isinstance(data.get("spec"), dict):
+        raise CheckpointError(f"{path}: 'spec' is missing or not an object")
     try:
         return from_dict(PolicySpec, data["spec"])
     except ConfigError as err:

@@ -49,11 +49,23 @@ TASKS = {
 }
 
 
+def _errors_only(record) -> bool:
+    import logging
+
+    return record.levelno >= logging.ERROR
+
+
 def _quiet_robosuite() -> None:
+    """Keep robosuite's start-up notices (no private macro file, optional robot models, controller
+    config paths) off the terminal, where they would bury our own messages. robosuite sets its
+    logger's level itself when first imported, so a filter on the logger, added before the import,
+    is what holds; errors still get through."""
     import logging
 
     for name in ("robosuite", "robosuite_logs"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logger = logging.getLogger(name)
+        if _errors_only not in logger.filters:
+            logger.addFilter(_errors_only)
 
 
 class RobosuiteEnv(gym.Env):

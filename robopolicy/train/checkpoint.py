@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from robopolicy.errors import CheckpointError
@@ -123,7 +124,7 @@ def load_training_state(checkpoint: Path, policy, ema, optimizer, scheduler, ran
             cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
             if cuda:
                 torch.cuda.set_rng_state_all(cuda)
-    except (OSError, KeyError, RuntimeError, ValueError) as err:
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError, SafetensorError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"cannot resume from {checkpoint}: {first}") from None
     return state

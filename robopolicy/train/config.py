@@ -53,3 +53,8 @@ class TrainConfig:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
         if len(self.betas) != 2:
             raise ValueError("train.betas needs two values")
+        for name in ("log_every", "save_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.num_threads < 0:
+            raise ValueError("train.warmup_steps and train.num_threads must be >= 0")

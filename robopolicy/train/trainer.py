@@ -37,8 +37,11 @@ from robopolicy.train import distributed
 from robopolicy.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from robopolicy.train.logger import MetricsLogger, plot_loss, truncate_metrics
 
-# Keys that may differ between a run and its resumption (they do not change the result).
-RESUMABLE_CHANGES = ("train.progress", "train.log_every", "train.keep_checkpoints", "eval.", "wandb.", "output_dir")
+# Keys that may differ between a run and its resumption: they do not change the result, except
+# train.steps, which a resumed run may raise to train on past its planned end (the cosine schedule
+# then stretches to the new length from the resumed step on).
+RESUMABLE_CHANGES = ("train.progress", "train.log_every", "train.keep_checkpoints", "train.steps", "eval.", "wandb.",
+                     "output_dir")
 
 EvalHook = Callable[[int, Path], dict]
 
@@ -51,6 +54,7 @@ class TrainResult:
     final_loss: float
     samples_per_s: float
     train_seconds: float
+    already_complete: bool = False  # a --resume of a run that had reached train.steps: nothing was done
 
 
 def resolve_device(name: str) -> torch.device:
@@ -151,6 +155,17 @@ def train(cfg, resume: bool = False, eval_hook: EvalHook | None = None) -> Train
     cfg_dict = to_dict(cfg)
 
     try:
+        if not cfg.data.path:
+            raise ConfigError("data.path is empty: set it in the config or with data.path=PATH")
+        for parent in (run_dir, *run_dir.parents):
+            if parent.exists() and not parent.is_dir():
+                raise ConfigError(f"output_dir: {parent} is a file, not a folder (run folder {run_dir})")
+        # a bad dataset, a policy that does not fit it or a bad init_from fail before anything is written
+        dataset = LeRobotDataset(cfg.data.path, revision=cfg.data.revision)
+        torch.manual_seed(tc.seed)  # identical initial weights on every rank
+        policy = Policy.from_dataset(cfg.policy, dataset)
+        if tc.init_from:
+            start_from(policy, Path(tc.init_from))
         if info.is_main:
             if resume:
                 _check_resume_config(run_dir, cfg_dict)
@@ -161,17 +176,10 @@ def train(cfg, resume: bool = False, eval_hook: EvalHook | None = None) -> Train
             (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
         distributed.barrier(info)
 
-        if not cfg.data.path:
-            raise ConfigError("data.path is empty: set it in the config or with data.path=PATH")
-        dataset = LeRobotDataset(cfg.data.path, revision=cfg.data.revision)
         if info.is_main:
             dataset.frame_cache.warm()  # decode videos once, before other ranks read the cache
         distributed.barrier(info)
 
-        torch.manual_seed(tc.seed)  # identical initial weights on every rank
-        policy = Policy.from_dataset(cfg.policy, dataset)
-        if tc.init_from:
-            start_from(policy, Path(tc.init_from))
         policy = policy.to(device)
         autocast_dtype = resolve_precision(tc.precision, device, reads_images=bool(policy.spec.keys("camera")))
         if getattr(policy.encoder, "vision", None) is not None and autocast_dtype is not None:
@@ -197,6 +205,8 @@ def train(cfg, resume: bool = False, eval_hook: EvalHook | None = None) -> Train
             if state.get("config_hash") != fingerprint:
                 raise ConfigError(f"cannot resume from {ckpt}: it was trained with a different config")
             start_step = int(state["step"])
+            if start_step >= tc.steps:
+                return _finished_run(run_dir, ckpt, start_step, info)
             if info.is_main:
                 truncate_metrics(run_dir, start_step)
 
@@ -223,6 +233,19 @@ def train(cfg, resume: bool = False, eval_hook: EvalHook | None = None) -> Train
         return result
     finally:
         distributed.cleanup(info)
+
+
+def _finished_run(run_dir: Path, checkpoint: Path, step: int, info) -> TrainResult:
+    """`--resume` of a run whose last checkpoint is already at train.steps: nothing to do, and
+    nothing rewritten (its summary.json keeps the figures of the run that did the training)."""
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if info.is_main:
+        print(f"{run_dir} is complete: its last checkpoint is at step {step}. Raise train.steps to train it further.")
+    return TrainResult(run_dir=run_dir, checkpoint=run_dir / "checkpoints" / "last", steps=step,
+                       final_loss=summary.get("final_loss", float("nan")),
+                       samples_per_s=summary.get("samples_per_s", float("nan")),
+                       train_seconds=summary.get("train_seconds", 0.0), already_complete=True)
 
 
 def _loop(cfg, policy, model, loader, optimizer, scheduler, ema, autocast_dtype, device, info, run_dir,

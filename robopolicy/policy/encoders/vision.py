@@ -27,6 +27,7 @@ import torch
 import torchvision
 from torch import nn
 
+from robopolicy.errors import CheckpointError
 from robopolicy.policy.config import VisionConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -37,7 +38,16 @@ def resnet18_groupnorm(pretrained_path: str | None = None) -> nn.Module:
     """ResNet-18 without its pooling / classifier, GroupNorm(16 channels per group) everywhere."""
     net = torchvision.models.resnet18(weights=None, norm_layer=lambda c: nn.GroupNorm(max(c // 16, 1), c))
     if pretrained_path:
-        state = torch.load(pretrained_path, map_location="cpu", weights_only=True)
+        try:  # weights only: a pickle that carries code is refused, never run
+            state = torch.load(pretrained_path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"vision.pretrained_path: file not found: {pretrained_path}") from None
+        except Exception as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise CheckpointError(f"vision.pretrained_path: {pretrained_path} is not a torchvision state dict of"
+                                  f" weights ({first[:200]})") from None
+        if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+            raise CheckpointError(f"vision.pretrained_path: {pretrained_path} does not hold a state dict of tensors")
         net.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
     return nn.Sequential(*list(net.children())[:-2])  # (B, 512, H/32, W/32)
 
