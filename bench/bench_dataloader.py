@@ -3,7 +3,7 @@
 Workload (the one LeRobot 0.4.4 was measured on, 301 samples/s with 2 DataLoader workers):
 2 cameras at 84x84, 2 observation frames, 16-step action chunks, batch 32, shuffled.
 
-  python bench/bench_dataloader.py [--dataset ../shared/fixtures/lerobot_lift_v3] [--batches 400]
+  python bench/bench_dataloader.py [--dataset tests/fixtures/lerobot_lift_v3] [--batches 400]
 
 Cold = a fresh frame cache, so the first epoch includes decoding every video once.
 Warm = the cache is on disk (every later epoch and every later run).
@@ -22,7 +22,7 @@ import torch
 from robopolicy.data.dataset import LeRobotDataset
 from robopolicy.data.windows import BatchLoader, WindowedDataset, WindowSpec
 
-DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "lerobot_lift_v3"
+DEFAULT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "lerobot_lift_v3"
 
 
 def run(dataset: Path, batches: int, batch_size: int) -> dict:

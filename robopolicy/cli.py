@@ -143,7 +143,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     result = collect(args.env, args.episodes, args.out, images=args.images, image_size=args.image_size,
                      workers=args.workers, seed=args.seed, keep_failed=args.keep_failed, max_steps=args.max_steps,
                      video_codec=args.codec, overwrite=args.overwrite, progress=not args.no_progress,
-                     every_instruction=args.every_instruction, noise=args.noise)
+                     every_instruction=args.every_instruction, noise=args.noise, resume=args.resume)
     print(f"wrote {result.root}: {result.kept} episodes, {result.frames} frames"
           f" (expert success {result.successes}/{result.attempted})")
     return 0
@@ -444,7 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DART: execute the expert's action plus Gaussian noise of this standard deviation (action"
                         " units) and record the clean action, so the demos show how to recover from small errors")
     p.add_argument("--codec", choices=["av1", "h264"], default="av1")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds anything")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a collection into --out that was killed, after its last saved episode")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_collect)
 

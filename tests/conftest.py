@@ -1,4 +1,5 @@
-"""Shared test set-up: the LeRobot-written fixtures, an isolated frame cache, no network."""
+"""Shared test set-up: the LeRobot-written fixtures (tests/fixtures/, or $ROBOPOLICY_FIXTURES), an
+isolated frame cache, no network."""
 
 import os
 import shutil
@@ -18,7 +19,7 @@ os.environ["ROBOPOLICY_PLUGINS"] = "toy_env"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "plugins"))
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("ROBOPOLICY_FIXTURES", REPO.parent / "shared" / "fixtures"))
+FIXTURES = Path(os.environ.get("ROBOPOLICY_FIXTURES", REPO / "tests" / "fixtures"))
 LIFT_VIDEO = FIXTURES / "lerobot_lift_v3"
 LIFT_IMAGES = FIXTURES / "lerobot_lift_v3_images"
 

@@ -129,8 +129,10 @@ def test_damaged_datasets_are_one_line_from_every_verb(tmp_path, damage, words, 
         assert not (tmp_path / "runs").exists()
     else:
         result = run_cli(tmp_path, "dataset", verb, str(ds))
-    if verb == "verify" and result.returncode == 1:  # verify lists problems on stdout, exit 1
-        assert any(all(w in line for w in words) for line in result.stdout.splitlines()), result.stdout
+    if verb == "verify":  # verify's job is the list: one "problem:" line each, exit 1
+        assert result.returncode == 1, result.stderr
+        problems = [line for line in result.stderr.splitlines() if line.startswith("problem: ")]
+        assert problems and any(all(w in line for w in words) for line in problems), result.stderr
         return
     assert_one_line_error(result, *words)
 

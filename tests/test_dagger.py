@@ -129,3 +129,49 @@ dagger: {{rounds: 1, episodes_per_round: 2, steps_per_round: 10}}
         policy_differs |= bool(np.abs(action - label).max() > 1e-3)
         obs, *_ = env.step(action)
     assert policy_differs  # the states are the policy's, not a replay of the expert
+
+
+# ---------------------------------------------------------------------------- durable collection
+def _collect_cmd(out, episodes, *extra):
+    return [sys.executable, "-m", "robopolicy.cli", "collect", "--env", "test/reach", "--episodes", str(episodes),
+            "--out", str(out), "--workers", "1", "--no-progress", *extra]
+
+
+def _saved(out):
+    journal = out / "meta" / "episodes.journal.jsonl"
+    return len(journal.read_text().splitlines()) if journal.is_file() else 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", [2, 5])
+def test_a_collection_killed_at_any_time_keeps_its_episodes_and_resumes_with_the_same_seeds(tmp_path, kill_after):
+    import os
+    import signal
+    import time
+
+    from robopolicy.errors import DatasetError
+
+    reference = tmp_path / "reference"
+    collect("test/reach", 8, reference, workers=1, progress=False)
+    out = tmp_path / "killed"
+    # a slow env (TOY_STEP_SLEEP) so that the kill lands while episodes are being written
+    env = {**os.environ, "TOY_STEP_SLEEP": "0.05"}
+    proc = subprocess.Popen(_collect_cmd(out, 8), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while _saved(out) < kill_after and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.3 * (kill_after % 3))  # land at different points of the next episode
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = _saved(out)
+    assert saved >= kill_after
+    with pytest.raises(DatasetError, match=f"interrupted write.*{saved} episodes are saved.*--resume"):
+        LeRobotDataset(out)
+    again = subprocess.run(_collect_cmd(out, 8), capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume continues it" in again.stderr
+    done = subprocess.run(_collect_cmd(out, 8, "--resume"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    a, b = LeRobotDataset(reference), LeRobotDataset(out)
+    assert b.num_episodes == 8 and not (out / "meta" / "episodes.journal.jsonl").exists()
+    for key in ("observation.state", "action", "episode_index", "frame_index"):
+        np.testing.assert_array_equal(a.columns[key], b.columns[key])  # the same seeds, in the same order

@@ -33,6 +33,9 @@ EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.par
 INFO_PATH = "meta/info.json"
 STATS_PATH = "meta/stats.json"
 TASKS_PATH = "meta/tasks.parquet"
+# One line per saved episode of a durable write in progress (robopolicy.data.writer); gone once
+# meta/info.json is written.
+JOURNAL_PATH = "meta/episodes.journal.jsonl"
 # An episode's origin, in the episode table's optional `source` column (datasets without the
 # column hold demonstrations only): "demonstration", "dart" (noise injected while recording, clean
 # expert actions kept), "correction" (a policy's own rollout labelled by the expert, DAgger).
@@ -81,6 +84,11 @@ def load_info(root: Path) -> dict[str, Any]:
         raise DatasetError(f"dataset folder not found: {root}")
     if not root.is_dir():
         raise DatasetError(f"dataset path is not a folder: {root}")
+    journal = root / JOURNAL_PATH
+    if not (root / INFO_PATH).is_file() and journal.is_file():
+        saved = sum(1 for line in journal.read_text().splitlines() if line.strip())
+        raise DatasetError(f"{root}: an interrupted write, not a finished dataset: {saved} episodes are saved"
+                           f" ({JOURNAL_PATH}); `robopolicy collect ... --out {root} --resume` continues it")
     info = load_json(root / INFO_PATH)
     if not isinstance(info, dict):
         raise DatasetError(f"{root / INFO_PATH}: must be a JSON object, got {type(info).__name__}")

@@ -12,12 +12,20 @@ Usage (what `robopolicy collect` and deployment recording do):
 Frames of one episode are buffered until `save_episode`, so a discarded attempt costs nothing on
 disk. Low-dim data goes to parquet (a row group per episode); cameras go either to mp4 (several
 episodes per file, AV1 like LeRobot, or H.264) or to PNG bytes inside the parquet.
+
+`durable=True` (what `robopolicy collect` uses) makes every saved episode survive a kill -9: each
+episode gets its own parquet and mp4 files, closed before `save_episode` returns, and a line in
+`meta/episodes.journal.jsonl` (flushed to disk) with everything `finalize` needs. A folder with a
+journal and no meta/info.json is an interrupted write; `DatasetWriter(root, ..., resume=True)`
+picks it up after its last saved episode (files of an episode that was being written are
+removed), and `finalize` turns it into an ordinary dataset and drops the journal.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
@@ -90,10 +98,19 @@ class DatasetWriter:
     def __init__(self, root: str | Path, fps: int, features: Mapping[str, dict], robot_type: str | None = None,
                  video_codec: str = "av1", overwrite: bool = False, chunks_size: int = fmt.DEFAULT_CHUNKS_SIZE,
                  data_files_size_in_mb: int = fmt.DEFAULT_DATA_FILE_SIZE_MB,
-                 video_files_size_in_mb: int = fmt.DEFAULT_VIDEO_FILE_SIZE_MB):
+                 video_files_size_in_mb: int = fmt.DEFAULT_VIDEO_FILE_SIZE_MB, durable: bool = False,
+                 resume: bool = False):
         self.root = Path(root)
-        if self.root.exists() and any(self.root.iterdir()):
+        journal = self.root / fmt.JOURNAL_PATH
+        resuming = resume and journal.is_file() and not (self.root / fmt.INFO_PATH).is_file()
+        if resume and not resuming and self.root.exists() and any(self.root.iterdir()):
+            raise DatasetError(f"{self.root}: nothing to resume (no {fmt.JOURNAL_PATH} of an interrupted write,"
+                               f" or the dataset is already complete)")
+        if not resuming and self.root.exists() and any(self.root.iterdir()):
             if not overwrite:
+                if journal.is_file() and not (self.root / fmt.INFO_PATH).is_file():
+                    raise DatasetError(f"output folder {self.root} holds an interrupted write: --resume continues it,"
+                                       f" --overwrite starts over")
                 raise DatasetError(f"output folder {self.root} already exists and is not empty (--overwrite replaces it)")
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -119,6 +136,11 @@ class DatasetWriter:
         self._encoders: dict[str, VideoEncoder] = {}
         self._finalized = False
         self._tagged = False  # write the `source` column only for datasets that use it
+        self.durable = durable or resuming
+        self.journal_extra: dict[str, Any] = {}  # caller's bookkeeping for the next journal line
+        self.resumed_extras: list[dict] = []  # ... and the lines read back on resume
+        if resuming:
+            self._resume(journal)
 
     # ------------------------------------------------------------------ frames
     def add_frame(self, frame: Mapping[str, Any], task: str) -> None:
@@ -217,9 +239,66 @@ class DatasetWriter:
         self.episodes.append(record)
         self.total_frames += length
         self._buffer.clear()
+        if self.durable:
+            self._journal(record, ep_stats)
         return episode_index
 
+    # ------------------------------------------------------------------ durability
+    def _journal(self, record: dict, ep_stats: dict) -> None:
+        """The episode's files are closed; now say so, on disk, before returning."""
+        line = {"record": record, "stats": stats_lib.to_json(ep_stats), "tasks": self.tasks,
+                "tagged": self._tagged, "extra": dict(self.journal_extra)}
+        path = self.root / fmt.JOURNAL_PATH
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _resume(self, journal: Path) -> None:
+        lines = []
+        for text in journal.read_text().splitlines():
+            try:
+                lines.append(json.loads(text))
+            except json.JSONDecodeError:
+                break  # a line cut by the kill: its episode's files may be incomplete; redo it
+        for line in lines:
+            self.episodes.append(line["record"])
+            self.episode_stats.append(stats_lib.from_json(line["stats"]))
+            self.tasks = list(line["tasks"])
+            self._tagged = self._tagged or line["tagged"]
+            self.resumed_extras.append(line["extra"])
+            self.total_frames += line["record"]["length"]
+        journal.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        if self.episodes:
+            last = self.episodes[-1]
+            self._data_pos = fmt.next_chunk_file(last["data/chunk_index"], last["data/file_index"], self.chunks_size)
+            for key in self.video_keys:
+                self._video_pos[key] = fmt.next_chunk_file(last[f"videos/{key}/chunk_index"],
+                                                           last[f"videos/{key}/file_index"], self.chunks_size)
+        self._remove_unjournaled_files()
+
+    def _remove_unjournaled_files(self) -> None:
+        """Files no journaled episode points at were being written when the process died."""
+        kept = {self.root / fmt.DATA_PATH.format(chunk_index=r["data/chunk_index"], file_index=r["data/file_index"])
+                for r in self.episodes}
+        for key in self.video_keys:
+            kept |= {self.root / fmt.VIDEO_PATH.format(video_key=key, chunk_index=r[f"videos/{key}/chunk_index"],
+                                                       file_index=r[f"videos/{key}/file_index"]) for r in self.episodes}
+        for folder in (self.root / "data", self.root / "videos"):
+            for path in folder.rglob("*") if folder.is_dir() else ():
+                if path.is_file() and path not in kept:
+                    path.unlink()
+
     def _write_rows(self, columns: dict[str, np.ndarray]) -> tuple[int, int]:
+        position = self._write_rows_to_file(columns)
+        if self.durable:  # each episode in its own, closed, file
+            self._data_writer.close()
+            self._data_writer = None
+            self._data_pos = fmt.next_chunk_file(*self._data_pos, self.chunks_size)
+        return position
+
+    def _write_rows_to_file(self, columns: dict[str, np.ndarray]) -> tuple[int, int]:
         if self._data_writer is not None and self._data_path().stat().st_size >= self.data_file_limit:
             self._data_writer.close()
             self._data_writer = None
@@ -260,7 +339,12 @@ class DatasetWriter:
         from_ts = encoder.frames_written / self.fps
         for frame in frames:
             encoder.write(frame)
-        return (*self._video_pos[key], from_ts)
+        position = (*self._video_pos[key], from_ts)
+        if self.durable:
+            encoder.close()
+            del self._encoders[key]
+            self._video_pos[key] = fmt.next_chunk_file(*self._video_pos[key], self.chunks_size)
+        return position
 
     # ------------------------------------------------------------------ metadata
     def finalize(self) -> None:
@@ -285,6 +369,7 @@ class DatasetWriter:
                 stats[key]["max"] = stats[key]["max"].astype(np.int64)
         fmt.write_json_atomic(self.root / fmt.STATS_PATH, stats_lib.to_json(stats))
         fmt.write_json_atomic(self.root / fmt.INFO_PATH, self._info())
+        (self.root / fmt.JOURNAL_PATH).unlink(missing_ok=True)  # info.json written: the dataset is complete
 
     def _info(self) -> dict:
         features = json.loads(json.dumps(self.features))

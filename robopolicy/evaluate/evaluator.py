@@ -28,6 +28,7 @@ from robopolicy.evaluate.config import EvalConfig
 from robopolicy.evaluate.rollout import EpisodeResult, VideoQuota, run_episode, write_video
 
 SCHEMA_VERSION = 1
+MAX_STARTUP_DEATHS = 3
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -121,6 +122,8 @@ class _Pool:
         self.results = self.ctx.Queue()
         self.procs: dict[int, mp.Process] = {}
         self.running: dict[int, tuple[int, int, float]] = {}  # worker -> (seed, attempt, started)
+        self.ready: set[int] = set()  # workers that finished starting up
+        self.startup_deaths = 0  # workers that died before they were ready (a broken install, not an episode)
         self.next_id = 0
         for _ in range(n):
             self.spawn()
@@ -198,7 +201,9 @@ def evaluate(checkpoint: str | Path, env_name: str, cfg: EvalConfig, out_dir: st
                 continue
             if kind == "fatal":
                 raise RobopolicyError(f"evaluation worker could not start: {payload}")
-            if kind == "start":
+            if kind == "ready":
+                pool.ready.add(wid)
+            elif kind == "start":
                 pool.running[wid] = (*payload, time.perf_counter())
             elif kind == "done":
                 pool.running.pop(wid, None)
@@ -237,6 +242,11 @@ def _check_workers(pool: _Pool, done: dict, timeout: float) -> None:
         hung = held is not None and now - held[2] > timeout
         if dead or hung:
             pool.kill(wid)
+            if dead and wid not in pool.ready:
+                pool.startup_deaths += 1
+                if pool.startup_deaths >= MAX_STARTUP_DEATHS:
+                    raise RobopolicyError(f"evaluation workers keep dying before they start (exit code {p.exitcode},"
+                                          f" {pool.startup_deaths} times); run one episode with --workers 1 to see why")
             pool.spawn()
             if held is not None:
                 reason = f"worker exited with code {p.exitcode}" if dead else f"episode exceeded {timeout:.0f} s"

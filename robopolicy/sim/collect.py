@@ -2,7 +2,9 @@
 
 Worker processes each own an env and its expert and run whole episodes for the seeds they are
 handed; the parent writes finished episodes in seed order, so the dataset is the same whatever the
-number of workers. Frame t holds the observation before action t. An episode ends a few steps
+number of workers. Frame t holds the observation before action t. Every kept episode is on disk
+before the next one is written (a durable `DatasetWriter`): a collection killed at any moment
+keeps all its saved episodes, and `resume` continues it with the same seeds. An episode ends a few steps
 after success (the expert keeps holding), or at the step limit; failed attempts are dropped unless
 `keep_failed`, and the collector moves on to the next seed until enough episodes are kept.
 
@@ -116,9 +118,11 @@ def _worker(env_name: str, env_kwargs: dict, max_steps: int | None, noise: float
 def collect(env_name: str, episodes: int, out: str | Path, images: bool = False, image_size: int = 84,
             workers: int = 1, seed: int = 0, keep_failed: bool = False, max_steps: int | None = None,
             video_codec: str = "av1", overwrite: bool = False, progress: bool = True,
-            max_attempts: int | None = None, every_instruction: bool = False, noise: float = 0.0) -> CollectResult:
+            max_attempts: int | None = None, every_instruction: bool = False, noise: float = 0.0,
+            resume: bool = False) -> CollectResult:
     """Collect `episodes` episodes from seeds seed, seed+1, ... into a new dataset at `out`
-    (with `every_instruction`, each seed once per instruction of the env)."""
+    (with `every_instruction`, each seed once per instruction of the env). `resume` continues a
+    collection into `out` that was killed, after its last saved episode, with the same seeds."""
     from robopolicy.data.writer import DatasetWriter
     from robopolicy.sim.registry import make_env, require_expert
 
@@ -145,6 +149,14 @@ def collect(env_name: str, episodes: int, out: str | Path, images: bool = False,
         return index, seed + layout, {"instruction": instructions[which]}
 
     max_attempts = max_attempts or max(3 * episodes, episodes + 10)
+    # durable: each kept episode is on disk (and journaled) before the next is written, so a kill
+    # loses at most the episode in progress; `resume` continues such a folder with the same seeds
+    writer = DatasetWriter(out, fps=fps, features=features, robot_type=robot_type, video_codec=video_codec,
+                           overwrite=overwrite, durable=True, resume=resume)
+    kept = len(writer.episodes)
+    next_to_write = writer.resumed_extras[-1]["attempt"] + 1 if writer.resumed_extras else 0
+    if kept:
+        print(f"resuming {out}: {kept} episodes were saved; continuing from attempt {next_to_write}", flush=True)
 
     ctx = mp.get_context("spawn")
     work_queue: mp.Queue = ctx.Queue()
@@ -153,7 +165,7 @@ def collect(env_name: str, episodes: int, out: str | Path, images: bool = False,
              for _ in range(max(1, workers))]
     for p in procs:
         p.start()
-    next_index = 0
+    next_index = next_to_write
     in_flight = 0
     for _ in range(2 * len(procs)):
         work_queue.put(work_item(next_index))
@@ -164,13 +176,11 @@ def collect(env_name: str, episodes: int, out: str | Path, images: bool = False,
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=episodes, desc=f"collect {env_name}", unit="episode", dynamic_ncols=True)
+        bar = tqdm(total=episodes, initial=kept, desc=f"collect {env_name}", unit="episode", dynamic_ncols=True)
     finished: dict[int, Episode] = {}
-    next_to_write = 0
-    kept = attempted = successes = frames = 0
+    attempted = successes = frames = 0
     try:
-        with DatasetWriter(out, fps=fps, features=features, robot_type=robot_type, video_codec=video_codec,
-                           overwrite=overwrite) as writer:
+        with writer:
             while kept < episodes:
                 if in_flight == 0:
                     raise EnvError(f"{env_name}: only {kept} of {episodes} episodes succeeded in {attempted} attempts"
@@ -191,6 +201,7 @@ def collect(env_name: str, episodes: int, out: str | Path, images: bool = False,
                     if ep.success or keep_failed:
                         for frame in ep.frames:
                             writer.add_frame(frame, task=ep.task)
+                        writer.journal_extra = {"attempt": ep.index, "seed": ep.seed}
                         writer.save_episode(source="dart" if noise > 0 else None)
                         kept += 1
                         frames += len(ep.frames)

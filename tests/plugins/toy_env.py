@@ -2,7 +2,8 @@
 
 A point on a line must reach a target; state = (position, velocity), environment_state = target.
 Seeds listed in the env var TOY_CRASH_SEEDS raise mid-episode; TOY_EXIT_SEEDS kill the worker
-process; TOY_HANG_SEEDS sleep forever — the faults the evaluator must survive.
+process; TOY_HANG_SEEDS sleep forever — the faults the evaluator must survive. TOY_STEP_SLEEP
+(seconds) slows every step, for tests that must interrupt a job part-way.
 """
 
 import os
@@ -49,6 +50,8 @@ class ReachEnv(gym.Env):
     def step(self, action):
         a = float(np.clip(np.asarray(action).reshape(-1)[0], -1, 1))
         self.t += 1
+        if os.environ.get("TOY_STEP_SLEEP"):
+            time.sleep(float(os.environ["TOY_STEP_SLEEP"]))
         if self.t == 5 and self.seed_ in _seeds("TOY_CRASH_SEEDS"):
             raise RuntimeError("simulated simulator error")
         if self.t == 5 and self.seed_ in _seeds("TOY_EXIT_SEEDS"):
