@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from robopolicy import __version__
+from robopolicy.deploy.names import STRATEGIES, TOKEN_ENV
 from robopolicy.errors import RobopolicyError
 
 
@@ -87,7 +88,6 @@ def cmd_dataset_convert(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from robopolicy.config import load_config
-    from robopolicy.train.trainer import train
 
     config_path = args.config
     if args.resume and args.resume is not True:
@@ -104,22 +104,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             entry(cfg.eval.env)
         except EnvError as err:
             raise EnvError(f"eval.env: {err} (or train with --no-eval)") from None
-    hook = make_eval_hook(cfg)
-    result = train(cfg, resume=bool(args.resume), eval_hook=hook)
+    from robopolicy.experiment import train_then_evaluate
+
+    result, report = train_then_evaluate(cfg, resume=bool(args.resume), evaluate_after=not args.no_eval)
     import os
 
-    if result.already_complete:
+    if result.already_complete or int(os.environ.get("RANK", "0")) != 0:
         return 0
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"trained {result.steps} steps in {result.train_seconds:.0f} s ({result.samples_per_s:.1f} samples/s),"
-              f" final loss {result.final_loss:.4f}")
-        print(f"checkpoint: {result.checkpoint}")
-        print(f"run folder: {result.run_dir} (config.yaml, metrics.jsonl, loss.png, summary.json)")
-        if cfg.eval.env and not args.no_eval:
-            from robopolicy.evaluate.evaluator import evaluate
-
-            report = evaluate(result.checkpoint, cfg.eval.env, cfg.eval, result.run_dir / "eval" / "final")
-            print_eval(report)
+    print(f"trained {result.steps} steps in {result.train_seconds:.0f} s ({result.samples_per_s:.1f} samples/s),"
+          f" final loss {result.final_loss:.4f}")
+    print(f"checkpoint: {result.checkpoint}")
+    print(f"run folder: {result.run_dir} (config.yaml, metrics.jsonl, loss.png, summary.json)")
+    if report is not None:
+        print_eval(report)
     return 0
 
 
@@ -243,7 +240,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             raise RobopolicyError("--device and --compile apply to a local --checkpoint; set them on the policy server")
         from robopolicy.deploy.client import PolicyClient
 
-        token = args.token or os.environ.get("ROBOPOLICY_TOKEN", "")
+        token = args.token or os.environ.get(TOKEN_ENV, "")
         policy = PolicyClient(args.server, token, timeout_s=args.timeout)
     robot = make_robot(args.robot, policy, seed=args.seed, robot_config=_key_values(args.robot_config))
     safety = SafetyConfig(max_delta_fraction=args.max_delta_fraction)
@@ -266,9 +263,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         print(f"recorded: {args.record}")
     if args.report:
         Path(args.report).write_text(json.dumps(s, indent=1))
-    ok = s["stop_reason"] in ("duration reached", "max steps reached", "episode finished", "interrupted",
-                              "signal SIGINT", "signal SIGTERM")
-    return 0 if ok else 1
+    return 0 if report.clean else 1
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -277,14 +272,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from robopolicy.deploy.server import PolicyServer, load_server_policy, new_token
 
     require_positive(args, "max_message_mb", "max_steps")
-    token = args.token or os.environ.get("ROBOPOLICY_TOKEN") or new_token()
+    token = args.token or os.environ.get(TOKEN_ENV) or new_token()
     policy = load_server_policy(args.checkpoint, args.device)
     if args.compile:
         policy.compile_for_inference(vision_bf16=args.compile == "bf16-vision")
     server = PolicyServer(policy, token, host=args.host, port=args.port,
                           max_message_bytes=args.max_message_mb * 1024 * 1024, max_steps=args.max_steps)
-    if not (args.token or os.environ.get("ROBOPOLICY_TOKEN")):
-        print(f"token: {token}  (give it to clients with --token or ROBOPOLICY_TOKEN)")
+    if not (args.token or os.environ.get(TOKEN_ENV)):
+        print(f"token: {token}  (give it to clients with --token or {TOKEN_ENV})")
     print(f"serving {args.checkpoint} on ws://{args.host}:{args.port}", flush=True)
     try:
         server.serve_forever()
@@ -299,15 +294,6 @@ def cmd_envs(args: argparse.Namespace) -> int:
     for name in env_names():
         print(f"{name:<28} {entry(name).description}")
     return 0
-
-
-def make_eval_hook(cfg):
-    """Periodic evaluation during training, when the config names an env and eval.every > 0."""
-    if not cfg.eval.env or not cfg.eval.every:
-        return None
-    from robopolicy.evaluate.hook import training_eval_hook
-
-    return training_eval_hook(cfg)
 
 
 # ---------------------------------------------------------------------------- parser
@@ -387,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("deploy", help="drive a robot (simulated or real) with a policy at a fixed rate")
     p.add_argument("--checkpoint", default=None, help="local policy checkpoint folder")
     p.add_argument("--server", default=None, help="policy server URL instead of a local policy, ws://host:port")
-    p.add_argument("--token", default=None, help="policy server token (default $ROBOPOLICY_TOKEN)")
+    p.add_argument("--token", default=None, help=f"policy server token (default ${TOKEN_ENV})")
     p.add_argument("--timeout", type=float, default=2.0, help="policy server request timeout, seconds")
     p.add_argument("--device", default="auto", help="where a local policy runs: auto (cuda, else mps, else cpu), cpu, cuda")
     add_compile_option(p)
@@ -397,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hz", type=float, default=20.0)
     p.add_argument("--duration", type=float, default=None, help="seconds to run (default: until the episode ends)")
     p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--strategy", choices=["sync", "async", "rtc", "ensemble"], default="async")
+    p.add_argument("--strategy", choices=STRATEGIES, default="async")
     p.add_argument("--n-action-steps", type=int, default=None)
     p.add_argument("--inference-steps", type=int, default=None)
     p.add_argument("--latency-margin", type=int, default=1,
@@ -416,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--token", default=None, help="shared token (default $ROBOPOLICY_TOKEN, else a new one is printed)")
+    p.add_argument("--token", default=None, help=f"shared token (default ${TOKEN_ENV}, else a new one is printed)")
     p.add_argument("--device", default="auto")
     add_compile_option(p)
     p.add_argument("--max-message-mb", type=int, default=16)

@@ -38,26 +38,48 @@ def ensure_dataset(cfg: ExperimentConfig) -> Path:
     return data
 
 
-def run_experiment(config: str | Path | None = None, overrides: list[str] | None = None) -> dict:
+def train_then_evaluate(cfg: ExperimentConfig, resume: bool = False, evaluate_after: bool = True,
+                        timings: dict | None = None) -> tuple:
+    """Train `cfg` (periodic evaluation when eval.every is set), then evaluate the final checkpoint
+    on the config's env and seeds; returns (TrainResult, EvalResult or None). What `robopolicy
+    train`, `run` and `quickstart` all do after their data is ready."""
     from robopolicy.evaluate.evaluator import evaluate
     from robopolicy.train.trainer import train
 
+    timings = timings if timings is not None else {}
+    hook = None
+    if cfg.eval.env and cfg.eval.every:
+        from robopolicy.evaluate.hook import training_eval_hook
+
+        hook = training_eval_hook(cfg)
+    t = time.perf_counter()
+    result = train(cfg, resume=resume, eval_hook=hook)
+    timings["train_s"] = time.perf_counter() - t
+    if not (evaluate_after and cfg.eval.env) or result.already_complete or not _is_main_process():
+        return result, None
+    t = time.perf_counter()
+    print(f"evaluating {cfg.eval.episodes} episodes of {cfg.eval.env} with {cfg.eval.workers} workers")
+    report = evaluate(result.checkpoint, cfg.eval.env, cfg.eval, cfg.run_dir / "eval" / "final")
+    timings["eval_s"] = time.perf_counter() - t
+    return result, report
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 evaluates
+
+
+def run_experiment(config: str | Path | None = None, overrides: list[str] | None = None) -> dict:
     cfg: ExperimentConfig = load_config(config or DEFAULT_CONFIG, overrides)
     timings = {}
     start = time.perf_counter()
     ensure_dataset(cfg)
     timings["collect_s"] = time.perf_counter() - start
-
-    t = time.perf_counter()
     if cfg.run_dir.exists():
         shutil.rmtree(cfg.run_dir)
-    print(f"[2/3] training a {cfg.policy.head} policy for {cfg.train.steps} steps -> {cfg.run_dir}")
-    result = train(cfg)
-    timings["train_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    print(f"[3/3] evaluating {cfg.eval.episodes} episodes of {cfg.eval.env} with {cfg.eval.workers} workers")
-    report = evaluate(result.checkpoint, cfg.eval.env, cfg.eval, cfg.run_dir / "eval" / "final")
-    timings["eval_s"] = time.perf_counter() - t
+    print(f"[2/3] training a {cfg.policy.head} policy for {cfg.train.steps} steps -> {cfg.run_dir}, then [3/3]"
+          f" evaluating it")
+    result, report = train_then_evaluate(cfg, timings=timings)
     timings["total_s"] = time.perf_counter() - start
     return {"report": report, "train": result, "timings": timings}

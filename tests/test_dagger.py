@@ -175,3 +175,36 @@ def test_a_collection_killed_at_any_time_keeps_its_episodes_and_resumes_with_the
     assert b.num_episodes == 8 and not (out / "meta" / "episodes.journal.jsonl").exists()
     for key in ("observation.state", "action", "episode_index", "frame_index"):
         np.testing.assert_array_equal(a.columns[key], b.columns[key])  # the same seeds, in the same order
+
+
+def test_dagger_on_a_plugin_env_resumes_after_its_finished_rounds(tmp_path):
+    from robopolicy.dagger import run_dagger
+
+    collect("test/reach", 10, tmp_path / "demos", workers=1, progress=False)
+    config = tmp_path / "reach.yaml"
+    config.write_text(f"""
+name: reach_dagger
+output_dir: {tmp_path / 'runs'}
+data: {{path: {tmp_path / 'demos'}}}
+policy:
+  head: act
+  n_obs_steps: 1
+  action_offset: 0
+  encoder: {{cameras: [], state_keys: [observation.state, observation.environment_state], dim: 16}}
+  act: {{dim: 32, heads: 2, ff_dim: 64, encoder_layers: 1, vae_encoder_layers: 1}}
+train: {{steps: 20, batch_size: 16, warmup_steps: 2, progress: false}}
+eval: {{env: test/reach, episodes: 3, workers: 1, videos: 0}}
+dagger: {{rounds: 2, episodes_per_round: 2, steps_per_round: 5}}
+""")
+    first = run_dagger(config)
+    run = tmp_path / "runs" / "reach_dagger"
+    assert [r["round"] for r in first["rounds"]] == [0, 1, 2]
+    assert LeRobotDataset(run / "data" / "round_2").episodes.sources.count("correction") == 4
+    # a kill during round 2's training: its summary never got written
+    (run / "round_2" / "summary.json").unlink()
+    kept = (run / "round_0" / "summary.json").stat().st_mtime_ns, (run / "round_1" / "summary.json").stat().st_mtime_ns
+    again = run_dagger(config, resume=True)
+    assert [r["round"] for r in again["rounds"]] == [0, 1, 2]
+    assert ((run / "round_0" / "summary.json").stat().st_mtime_ns,
+            (run / "round_1" / "summary.json").stat().st_mtime_ns) == kept  # finished rounds were not redone
+    assert (run / "round_2" / "summary.json").is_file() and (run / "checkpoints" / "last" / "model.safetensors").is_file()

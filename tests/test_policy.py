@@ -153,7 +153,7 @@ def test_compiling_with_bf16_vision_keeps_chunks_close_and_the_weights_fp32(data
     if not cpu_supports_bf16():
         with pytest.raises(ConfigError, match="vision_bf16 needs a CPU with AVX512-BF16 or AMX"):
             policy.compile_for_inference(vision_bf16=True)
-        return
+        pytest.skip("this CPU has no bf16 units: checked the clear error; the bf16 trunk itself cannot run here")
     obs = observation(dataset, 100, 2)
     expected = policy.predict_chunk(obs, generator=torch.Generator().manual_seed(3))
     policy.compile_for_inference(vision_bf16=True)

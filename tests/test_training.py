@@ -32,15 +32,15 @@ def test_each_head_learns_from_images_on_the_lerobot_fixture(tmp_path, head):
     result = train(cfg)
     losses = [r["loss"] for r in read_metrics(result.run_dir)]
     assert losses[-1] < 0.5 * losses[0], losses
-    # the exported checkpoint alone reproduces the same actions for the same input and seed
+    # the exported checkpoint alone reproduces the trained policy's actions for the same input and seed
     ds = LeRobotDataset(LIFT_VIDEO)
-    a, b = Policy.load(result.checkpoint), Policy.load(result.checkpoint)
+    a, b = result.policy, Policy.load(result.checkpoint)
     n = a.config.n_obs_steps
     obs = {"observation.state": ds.columns["observation.state"][200 - n + 1:201]}
     obs.update({k: ds.frames(k, np.arange(200 - n + 1, 201)) for k in ds.camera_keys})
     first = a.predict_chunk(obs, generator=torch.Generator().manual_seed(0))
     second = b.predict_chunk(obs, generator=torch.Generator().manual_seed(0))
-    assert np.array_equal(first, second)
+    np.testing.assert_allclose(first, second, atol=1e-5)  # channels_last in memory vs contiguous loaded
     for name in ("config.yaml", "metrics.jsonl", "loss.png", "summary.json"):
         assert (result.run_dir / name).is_file(), name
     # precision auto: an image policy autocasts to bf16 on a CPU that has bf16 units

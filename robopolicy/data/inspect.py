@@ -23,6 +23,11 @@ def describe(ds: LeRobotDataset) -> str:
         f" {len(ds) / ds.fps:.1f} s; episode length {lengths.min()}-{lengths.max()}, mean {lengths.mean():.1f})",
         f"tasks       {len(ds.tasks)}",
     ]
+    sources = {}
+    for source in ds.episodes.sources:
+        sources[source] = sources.get(source, 0) + 1
+    if set(sources) != {fmt.DEFAULT_SOURCE}:
+        lines.insert(3, "sources     " + ", ".join(f"{n} {name}" for name, n in sources.items()))
     lines += [f"  [{i}] {t}" for i, t in enumerate(ds.tasks[:20])]
     if len(ds.tasks) > 20:
         lines.append(f"  ... {len(ds.tasks) - 20} more")

@@ -1,7 +1,7 @@
 """PolicyClient: a remote policy with the same inference interface as a local `Policy`.
 
-The deployment runtime cannot tell them apart: `predict_chunk`, `config`, `chunk_start`,
-`observation_keys` all work. Each request has a timeout; on a dropped connection the client
+The deployment runtime cannot tell them apart: `predict_chunk`, `spec` (the server policy's
+`PolicySpec`, rebuilt), `config`, `chunk_start`, `observation_keys` and `supports_prefix` all work. Each request has a timeout; on a dropped connection the client
 reconnects with exponential backoff and retries the request (inference is side-effect free, so
 a retry is safe), up to `retries` times, then raises `PolicyServerError`.
 """
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import itertools
 import time
-from types import SimpleNamespace
 from typing import Any, Mapping
 
 import numpy as np
 
 from robopolicy.deploy.protocol import decode, encode
-from robopolicy.errors import RobopolicyError
+from robopolicy.errors import ConfigError, RobopolicyError
+from robopolicy.policy.config import PolicySpec
+from robopolicy.structs import from_dict
 
 
 class PolicyServerError(RobopolicyError):
@@ -35,12 +36,16 @@ class PolicyClient:
         self._ws = None
         self._ids = itertools.count()
         self.reconnects = 0
-        self.spec = self._request({"type": "hello"})[0]["spec"]
-        self.config = SimpleNamespace(head=self.spec["head"], n_obs_steps=self.spec["n_obs_steps"],
-                                      horizon=self.spec["horizon"], n_action_steps=self.spec["n_action_steps"])
-        self.chunk_start = self.spec["chunk_start"]
-        self.observation_keys = list(self.spec["observation_keys"])
-        self.stats = {"action": self.spec["action_stats"]} if self.spec.get("action_stats") else None
+        hello = self._request({"type": "hello"})[0]["spec"]
+        try:  # the server's PolicySpec, rebuilt: a remote policy answers every question a local one does
+            self.spec = from_dict(PolicySpec, hello["policy_spec"])
+        except (KeyError, TypeError, ConfigError) as err:
+            raise PolicyServerError(f"{url}: the server's policy description is not one this client reads ({err})") from None
+        self.config = self.spec.config
+        self.chunk_start = int(hello["chunk_start"])
+        self.supports_prefix = bool(hello["supports_prefix"])
+        self.observation_keys = self.spec.keys("state") + self.spec.keys("camera")
+        self.stats = {"action": hello["action_stats"]} if hello.get("action_stats") else None
 
     # ------------------------------------------------------------------ Policy interface
     def predict_chunk(self, observation: Mapping[str, Any], steps: int | None = None, prefix: np.ndarray | None = None,

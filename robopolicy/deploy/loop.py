@@ -44,6 +44,7 @@ class WatchdogConfig:
 class DeployReport:
     steps: int = 0
     stop_reason: str = "running"
+    clean: bool = False  # stopped as asked (steps, duration, episode end, Ctrl-C / SIGTERM), not by a fault
     periods_s: list = field(default_factory=list)
     period_errors_s: list = field(default_factory=list)
     missed_actions: int = 0
@@ -56,7 +57,7 @@ class DeployReport:
     def summary(self) -> dict:
         errs = np.abs(np.asarray(self.period_errors_s)) * 1000 if self.period_errors_s else np.zeros(1)
         periods = np.asarray(self.periods_s) * 1000 if self.periods_s else np.zeros(1)
-        return {"steps": self.steps, "stop_reason": self.stop_reason, "success": self.success,
+        return {"steps": self.steps, "stop_reason": self.stop_reason, "clean_stop": self.clean, "success": self.success,
                 "period_ms_mean": float(periods.mean()), "period_error_ms_p50": float(np.percentile(errs, 50)),
                 "period_error_ms_p99": float(np.percentile(errs, 99)), "period_error_ms_max": float(errs.max()),
                 "missed_actions": self.missed_actions, "holds": self.holds,
@@ -65,9 +66,12 @@ class DeployReport:
 
 
 class _Stop(Exception):
-    def __init__(self, reason: str):
+    """Ends the loop; `clean` when it ends as asked rather than because something went wrong."""
+
+    def __init__(self, reason: str, clean: bool = False):
         super().__init__(reason)
         self.reason = reason
+        self.clean = clean
 
 
 class ControlLoop:
@@ -112,11 +116,11 @@ class ControlLoop:
             step = 0
             while True:
                 if self._stop_requested:
-                    raise _Stop(self._stop_requested)
+                    raise _Stop(self._stop_requested, clean=True)
                 if self.max_steps is not None and step >= self.max_steps:
-                    raise _Stop("max steps reached")
+                    raise _Stop("max steps reached", clean=True)
                 if self.duration_s is not None and deadline - t0 >= self.duration_s:
-                    raise _Stop("duration reached")
+                    raise _Stop("duration reached", clean=True)
                 _sleep_until(deadline)
                 now = time.monotonic()
                 report.period_errors_s.append(now - deadline)
@@ -162,7 +166,7 @@ class ControlLoop:
                 step += 1
                 report.steps = step
                 if self.stop_when_done and getattr(self.robot, "done", False):
-                    raise _Stop("episode finished")
+                    raise _Stop("episode finished", clean=True)
                 deadline += self.period
                 late = time.monotonic() - deadline
                 if late > self.period:
@@ -170,9 +174,9 @@ class ControlLoop:
                     report.missed_deadlines += skipped
                     deadline += skipped * self.period
         except _Stop as stop:
-            report.stop_reason = stop.reason
+            report.stop_reason, report.clean = stop.reason, stop.clean
         except KeyboardInterrupt:
-            report.stop_reason = "interrupted"
+            report.stop_reason, report.clean = "interrupted", True
         except Exception as err:  # driver errors and anything else: stop the robot safely, then report
             report.stop_reason = f"error: {type(err).__name__}: {err}"
         finally:

@@ -11,7 +11,10 @@ from robopolicy.data.writer import DatasetWriter
 
 
 class DeployRecorder:
-    """One episode per deployment run: every tick's observation and the action actually sent."""
+    """One episode per deployment run: every tick's observation and the action actually sent.
+
+    The writer is durable: once the run's episode is saved (at the end of the run, also on Ctrl-C,
+    SIGTERM or a safe stop) its files are closed and journaled, so a later kill cannot take it."""
 
     def __init__(self, root: str | Path, robot, fps: int, task: str, video_codec: str = "av1", overwrite: bool = False):
         features = dict(robot.observation_features)
@@ -19,7 +22,7 @@ class DeployRecorder:
         self.keys = [k for k in features if k != "action"]
         self.task = task or "deployment"
         self.writer = DatasetWriter(root, fps=fps, features=features, robot_type=getattr(robot, "name", None),
-                                    video_codec=video_codec, overwrite=overwrite)
+                                    video_codec=video_codec, overwrite=overwrite, durable=True)
         self.frames = 0
 
     def add(self, observation: dict, action: np.ndarray) -> None:

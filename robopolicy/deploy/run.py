@@ -20,19 +20,13 @@ def make_robot(spec: str, policy, seed: int = 0, robot_config: dict | None = Non
         env_kwargs = dict(robot_config or {})
         if cameras:
             env_kwargs.setdefault("images", True)
-            env_kwargs.setdefault("image_size", _shape(policy, cameras[0])[0])
+            env_kwargs.setdefault("image_size", policy.spec.shape(cameras[0])[0])
         return SimRobot(name, seed=seed, env_kwargs=env_kwargs, faults=faults, render=render)
     if kind == "lerobot" and name:
         from robopolicy.deploy.lerobot_robot import LeRobotRobot
 
         return LeRobotRobot.from_type(name, **(robot_config or {}))
     raise RobopolicyError(f"--robot must be sim:<env name> or lerobot:<robot type>, got {spec!r}")
-
-
-def _shape(policy, key: str) -> list[int]:
-    if hasattr(policy, "spec") and hasattr(policy.spec, "shape"):
-        return policy.spec.shape(key)
-    return policy.spec["shapes"][key]
 
 
 def check_compatible(robot, policy) -> None:
@@ -43,11 +37,11 @@ def check_compatible(robot, policy) -> None:
         raise RobopolicyError(f"robot {robot.name} does not provide {missing} that the policy reads;"
                               f" it provides {sorted(provided)}")
     for key in policy.observation_keys:
-        want, have = list(_shape(policy, key)), list(provided[key]["shape"])
+        want, have = list(policy.spec.shape(key)), list(provided[key]["shape"])
         if want != have:
             raise RobopolicyError(f"robot {robot.name} gives {key} with shape {have}, the policy expects {want}")
     robot_dim = robot.action_features["action"]["shape"][0]
-    policy_dim = _shape(policy, "action")[0]
+    policy_dim = policy.spec.action_dim
     if robot_dim != policy_dim:
         raise RobopolicyError(f"the policy outputs {policy_dim} action values, robot {robot.name} takes {robot_dim}")
 
@@ -77,8 +71,7 @@ def deploy(policy, robot, hz: float = 20.0, duration_s: float | None = None, max
     if record is not None:
         from robopolicy.deploy.recorder import DeployRecorder
 
-        task = robot.task or (policy.spec.tasks[0] if getattr(policy, "spec", None) is not None
-                              and getattr(policy.spec, "tasks", None) else "deployment")
+        task = robot.task or (policy.spec.tasks[0] if policy.spec.tasks else "deployment")
         recorder = DeployRecorder(record, robot, fps=int(round(hz)), task=task)
     loop = ControlLoop(robot, runtime, hz=hz, safety=guard, duration_s=duration_s, max_steps=max_steps,
                        watchdog=watchdog, recorder=recorder, stop_when_done=stop_when_done)

@@ -24,8 +24,9 @@ thread switch interval is shortened while the loop runs, so neither thread waits
 for the GIL between the hundreds of small operators of one inference. On a 2-core CPU this took
 a 20 Hz loop from 14 missed actions in 8 s (inference slowed 4x by contention) to none.
 
-`policy` is anything with the Policy inference interface (`predict_chunk`, `config`,
-`chunk_start`, `observation_keys`): a local `Policy` or a `PolicyClient` talking to a server.
+`policy` is anything with the Policy inference interface (`predict_chunk`, `config`, `spec`,
+`chunk_start`, `observation_keys`, `supports_prefix`): a local `Policy` or a `PolicyClient`
+talking to a server.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from robopolicy.deploy.names import STRATEGIES
 from robopolicy.policy.execution import ObservationHistory
 
-STRATEGIES = ("sync", "async", "rtc", "ensemble")
 SWITCH_INTERVAL_S = 0.0005  # GIL hand-over while background inference runs (Python's default: 0.005)
 
 
@@ -67,8 +68,9 @@ class InferenceRuntime:
                  inference_budget_s: float | None = None):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        if strategy == "rtc" and policy.config.head == "act":
-            raise ValueError("rtc needs a diffusion or flow head (ACT predicts in one pass and cannot inpaint)")
+        if strategy == "rtc" and not policy.supports_prefix:
+            raise ValueError(f"rtc needs a head that continues committed actions (diffusion or flow); this policy's"
+                             f" {policy.config.head} head predicts each chunk in one pass")
         self.policy = policy
         self.strategy = strategy
         self.chunk_len = policy.config.horizon - policy.chunk_start

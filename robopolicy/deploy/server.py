@@ -27,22 +27,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from robopolicy.deploy.names import TOKEN_ENV
 from robopolicy.deploy.protocol import ProtocolError, decode, encode
 from robopolicy.errors import RobopolicyError
+from robopolicy.structs import to_dict
 
 log = logging.getLogger("robopolicy.serve")
-TOKEN_ENV = "ROBOPOLICY_TOKEN"
 AUTH_FAILED = 4001
 TRY_AGAIN_LATER = 1013
 
 
 def policy_spec(policy) -> dict:
-    """What a client needs to know to talk to this policy."""
-    cfg = policy.config
-    return {"head": cfg.head, "n_obs_steps": cfg.n_obs_steps, "horizon": cfg.horizon, "chunk_start": policy.chunk_start,
-            "n_action_steps": cfg.n_action_steps, "observation_keys": policy.observation_keys,
-            "shapes": {f.key: f.shape for f in policy.spec.features}, "fps": policy.spec.fps,
-            "tasks": policy.spec.tasks, "action_stats": (policy.stats or {}).get("action")}
+    """What a client needs to know to talk to this policy: its `PolicySpec` (as in config.json),
+    the action statistics safety bounds are made from, and what the policy supports."""
+    return {"policy_spec": to_dict(policy.spec), "chunk_start": policy.chunk_start,
+            "supports_prefix": policy.supports_prefix, "action_stats": (policy.stats or {}).get("action")}
 
 
 def default_max_steps(policy) -> int:
@@ -56,7 +55,7 @@ class PolicyServer:
                  max_message_bytes: int = 16 * 1024 * 1024, max_steps: int | None = None,
                  auth_timeout_s: float = 5.0, max_connections: int = 64, max_connections_per_address: int = 8):
         if not token:
-            raise RobopolicyError("the policy server needs a shared token (--token or $ROBOPOLICY_TOKEN)")
+            raise RobopolicyError(f"the policy server needs a shared token (--token or ${TOKEN_ENV})")
         self.policy = policy.eval()
         self.token = token
         self.host = host

@@ -176,7 +176,9 @@ class PolicyConfig:
     def action_normalization(self) -> str:
         if self.action_norm is not None:
             return self.action_norm
-        return "mean_std" if self.head == "act" else "min_max"
+        from robopolicy.policy.heads import HEADS  # heads import this module: look them up when asked
+
+        return HEADS[self.head].default_action_norm
 
 
 @dataclass

@@ -26,7 +26,8 @@ from robopolicy.data.normalizer import Normalizer
 from robopolicy.errors import CheckpointError, ConfigError, ObservationError
 from robopolicy.fileio import atomic_directory, sha256_files
 from robopolicy.policy.config import FeatureSpec, PolicyConfig, PolicySpec
-from robopolicy.policy.encoders.observation import ObservationEncoder
+from robopolicy.policy.encoders import encoder_class
+from robopolicy.policy.encoders.base import Encoder
 from robopolicy.policy.heads import HEADS
 from robopolicy.policy.rotations import check_starts, rewrite_batch, rotation_feature_stats
 from robopolicy.structs import from_dict, to_dict
@@ -38,12 +39,8 @@ WEIGHTS_FILE = "model.safetensors"
 STATS_FILE = "stats.json"
 
 
-def build_encoder(spec: PolicySpec) -> nn.Module:
-    if spec.config.encoder.type == "vlm":
-        from robopolicy.policy.encoders.vlm import VLMEncoder
-
-        return VLMEncoder(spec)
-    return ObservationEncoder(spec)
+def build_encoder(spec: PolicySpec) -> Encoder:
+    return encoder_class(spec.config.encoder.type)(spec)
 
 
 class Policy(nn.Module):
@@ -85,8 +82,7 @@ class Policy(nn.Module):
             if key in dataset.features:
                 stats[key] = rotation_feature_stats(dataset.columns[key], starts)
         policy = cls(spec, stats=stats)
-        if hasattr(policy.encoder, "bind_dataset"):  # the VLM encoder caches frozen features per dataset row
-            policy.encoder.bind_dataset(dataset)
+        policy.encoder.bind_dataset(dataset)
         return policy
 
     @property
@@ -100,6 +96,11 @@ class Policy(nn.Module):
     @property
     def observation_keys(self) -> list[str]:
         return self.spec.keys("state") + self.spec.keys("camera")
+
+    @property
+    def supports_prefix(self) -> bool:
+        """Whether chunks can be made to continue committed actions (real-time chunking)."""
+        return self.head.supports_prefix
 
     @property
     def chunk_start(self) -> int:
@@ -220,8 +221,8 @@ class Policy(nn.Module):
             raise ConfigError(f"compiling for inference speeds up CUDA GPUs and CPUs; this policy is on {self.device}")
         if vision_bf16:
             raise ConfigError("vision_bf16 is for CPUs; on a GPU, compile without it (CUDA graphs keep fp32)")
-        networks = [self.head.denoiser] if hasattr(self.head, "denoiser") else [self.head.encoder, self.head.decoder]
-        if not hasattr(self.encoder, "bind_dataset"):  # a VLM backbone compiles poorly and is not launch-bound
+        networks = list(self.head.inference_networks())
+        if self.encoder.graph_capturable:
             networks.append(self.encoder)
         for network in networks:
             network.compile(mode="reduce-overhead", dynamic=False)

@@ -55,6 +55,7 @@ class TrainResult:
     samples_per_s: float
     train_seconds: float
     already_complete: bool = False  # a --resume of a run that had reached train.steps: nothing was done
+    policy: Policy | None = None  # the trained policy in memory, with the weights the checkpoint exports
 
 
 def resolve_device(name: str) -> torch.device:
@@ -182,7 +183,7 @@ def train(cfg, resume: bool = False, eval_hook: EvalHook | None = None) -> Train
 
         policy = policy.to(device)
         autocast_dtype = resolve_precision(tc.precision, device, reads_images=bool(policy.spec.keys("camera")))
-        if getattr(policy.encoder, "vision", None) is not None and autocast_dtype is not None:
+        if policy.encoder.vision is not None and autocast_dtype is not None:
             policy.encoder.vision.to(memory_format=torch.channels_last)  # oneDNN / cuDNN bf16 convs prefer NHWC
         torch.manual_seed(tc.seed + info.rank)  # per-rank noise and augmentation
         loader = build_loader(policy, dataset, cfg, info, prefetch=2 if device.type == "cuda" else 0)
@@ -219,6 +220,9 @@ def train(cfg, resume: bool = False, eval_hook: EvalHook | None = None) -> Train
         result = _loop(cfg, policy, model, loader, optimizer, scheduler, ema, autocast_dtype, device, info,
                        run_dir, start_step, fingerprint, logger, eval_hook)
         logger.close()
+        if ema is not None:  # what checkpoints export (and evaluation uses): the EMA weights
+            ema.copy_to(params)
+        result.policy = policy.eval()
         if info.is_main:
             summary = {"steps": result.steps, "final_loss": result.final_loss,
                        "samples_per_s": result.samples_per_s, "train_seconds": result.train_seconds,

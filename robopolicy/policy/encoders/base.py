@@ -1,10 +1,11 @@
-"""The contract between encoders and heads."""
+"""The contract between encoders and heads, and what an encoder declares about itself."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -36,3 +37,25 @@ class Conditioning:
     def key_padding_mask(self) -> torch.Tensor | None:
         """(B, N) bool, True = ignore: the convention of torch.nn attention layers (None if no padding)."""
         return None if self.mask is None else ~self.mask.bool()
+
+
+class Encoder(nn.Module):
+    """Base of observation encoders: `forward(normalized batch) -> Conditioning`.
+
+    Subclasses set `dim` (token width) and `pooled_dim`, and override what differs from these
+    defaults, so that the policy, trainer and accelerators ask instead of probing attributes:
+      vision              the camera encoder (a module with `camera_encoders()`), or None
+      graph_capturable    whether CUDA graphs may capture the whole encoder (a VLM backbone is
+                          large, rarely launch-bound and captures poorly)
+      bind_dataset(ds)    called once with the training dataset (the VLM encoder names its
+                          feature cache after it)
+    """
+
+    graph_capturable: bool = True
+
+    def __init__(self):
+        super().__init__()
+        self.vision: nn.Module | None = None  # an instance attribute: a class one would hide the submodule
+
+    def bind_dataset(self, dataset) -> None:
+        pass

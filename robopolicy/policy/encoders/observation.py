@@ -27,12 +27,12 @@ import torch
 from torch import nn
 
 from robopolicy.policy.config import PolicySpec
-from robopolicy.policy.encoders.base import Conditioning
+from robopolicy.policy.encoders.base import Conditioning, Encoder
 from robopolicy.policy.encoders.text import EMBED_DIM, TextEncoder
 from robopolicy.policy.encoders.vision import VisionEncoder
 
 
-class ObservationEncoder(nn.Module):
+class ObservationEncoder(Encoder):
     def __init__(self, spec: PolicySpec):
         super().__init__()
         cfg = spec.config

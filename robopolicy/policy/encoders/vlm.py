@@ -70,7 +70,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from robopolicy.errors import ConfigError
 from robopolicy.policy.config import PolicySpec
-from robopolicy.policy.encoders.base import Conditioning
+from robopolicy.policy.encoders.base import Conditioning, Encoder
 from robopolicy.system import user_cache_dir
 
 CACHE_VERSION = 1
@@ -188,8 +188,10 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             tmp.unlink()
 
 
-class VLMEncoder(nn.Module):
+class VLMEncoder(Encoder):
     """cameras (last step) + task -> VLM hidden states -> tokens; + a proprioceptive state token."""
+
+    graph_capturable = False  # a large backbone: rarely launch-bound, and it captures poorly
 
     def __init__(self, spec: PolicySpec):
         super().__init__()

@@ -15,7 +15,7 @@ from torch import nn
 
 from robopolicy.policy.config import PolicyConfig
 from robopolicy.policy.encoders.base import Conditioning
-from robopolicy.policy.heads.common import masked_mean
+from robopolicy.policy.heads.common import ActionHead, masked_mean
 
 
 def _encoder(d: int, heads: int, ff: int, dropout: float, layers: int) -> nn.TransformerEncoder:
@@ -23,7 +23,10 @@ def _encoder(d: int, heads: int, ff: int, dropout: float, layers: int) -> nn.Tra
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
-class ACTHead(nn.Module):
+class ACTHead(ActionHead):
+    supports_prefix = False  # one regression pass per chunk: nothing to inpaint
+    default_action_norm = "mean_std"  # ACT regresses standardized actions (its authors' and LeRobot's choice)
+
     def __init__(self, cfg: PolicyConfig, action_dim: int, pooled_dim: int, token_dim: int):
         super().__init__()
         c = cfg.act
@@ -45,6 +48,9 @@ class ACTHead(nn.Module):
         dec_layer = nn.TransformerDecoderLayer(d, c.heads, c.ff_dim, c.dropout, activation="relu", batch_first=True)
         self.decoder = nn.TransformerDecoder(dec_layer, c.decoder_layers)
         self.out = nn.Linear(d, action_dim)
+
+    def inference_networks(self) -> list[nn.Module]:
+        return [self.encoder, self.decoder]
 
     def _posterior(self, actions: torch.Tensor, is_pad: torch.Tensor | None):
         b = actions.shape[0]

@@ -1,4 +1,4 @@
-"""Pieces shared by the heads and their networks."""
+"""Pieces shared by the heads and their networks, and what a head declares about itself."""
 
 from __future__ import annotations
 
@@ -6,6 +6,21 @@ import math
 
 import torch
 from torch import nn
+
+
+class ActionHead(nn.Module):
+    """Base of action heads (`loss` / `sample`, see robopolicy.policy.heads). What differs
+    between heads is declared here rather than read off their names or attributes:
+      supports_prefix       `sample` honours a committed prefix (real-time chunking, inpainting)
+      default_action_norm   how actions are normalized unless `policy.action_norm` says otherwise
+      inference_networks()  the modules that run at every chunk, for accelerators to compile
+    """
+
+    supports_prefix: bool = True
+    default_action_norm: str = "min_max"  # the [-1, 1] range diffusion and flow sample in
+
+    def inference_networks(self) -> list[nn.Module]:
+        raise NotImplementedError
 
 
 class SinusoidalEmbedding(nn.Module):

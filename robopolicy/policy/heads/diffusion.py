@@ -15,11 +15,11 @@ from torch import nn
 
 from robopolicy.policy.config import PolicyConfig
 from robopolicy.policy.encoders.base import Conditioning
-from robopolicy.policy.heads.common import as_prefix_mask, masked_mean
+from robopolicy.policy.heads.common import ActionHead, as_prefix_mask, masked_mean
 from robopolicy.policy.heads.denoiser import build_denoiser
 
 
-class DiffusionHead(nn.Module):
+class DiffusionHead(ActionHead):
     def __init__(self, cfg: PolicyConfig, action_dim: int, pooled_dim: int, token_dim: int):
         super().__init__()
         self.cfg = cfg.diffusion
@@ -30,6 +30,9 @@ class DiffusionHead(nn.Module):
             num_train_timesteps=self.cfg.num_train_timesteps, beta_schedule=self.cfg.beta_schedule,
             clip_sample=self.cfg.clip_sample, prediction_type=self.cfg.prediction_type)
         self._samplers: dict[int, DDIMScheduler | DDPMScheduler] = {}
+
+    def inference_networks(self) -> list[nn.Module]:
+        return [self.denoiser]
 
     def loss(self, cond: Conditioning, actions: torch.Tensor, is_pad: torch.Tensor | None = None) -> dict:
         noise = torch.randn_like(actions)

@@ -15,13 +15,13 @@ from torch import nn
 
 from robopolicy.policy.config import PolicyConfig
 from robopolicy.policy.encoders.base import Conditioning
-from robopolicy.policy.heads.common import as_prefix_mask, masked_mean
+from robopolicy.policy.heads.common import ActionHead, as_prefix_mask, masked_mean
 from robopolicy.policy.heads.denoiser import build_denoiser
 
 TIME_SCALE = 1000.0  # flow time in [0, 1] is embedded like diffusion steps in [0, 1000]
 
 
-class FlowHead(nn.Module):
+class FlowHead(ActionHead):
     def __init__(self, cfg: PolicyConfig, action_dim: int, pooled_dim: int, token_dim: int):
         super().__init__()
         self.cfg = cfg.flow
@@ -33,6 +33,9 @@ class FlowHead(nn.Module):
         beta = torch.distributions.Beta(torch.tensor(self.cfg.time_beta_alpha), torch.tensor(self.cfg.time_beta_beta))
         t = beta.sample((n,)).to(device)
         return self.cfg.time_min + (1.0 - self.cfg.time_min) * t
+
+    def inference_networks(self) -> list[nn.Module]:
+        return [self.denoiser]
 
     def loss(self, cond: Conditioning, actions: torch.Tensor, is_pad: torch.Tensor | None = None) -> dict:
         noise = torch.randn_like(actions)
