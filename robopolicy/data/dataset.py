@@ -9,7 +9,6 @@ video once.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from dataclasses import dataclass, field
@@ -376,13 +375,3 @@ def load_stats(path: Path, features: dict) -> dict[str, stats_lib.Stats]:
                                    f" {spec['shape']}")
         out[key] = stats
     return out
-
-
-def decode_png(data: bytes, where: str) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return np.asarray(img.convert("RGB"))
-    except Exception as err:
-        raise DatasetError(f"{where}: cannot decode image ({err})") from None

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from robopolicy.data import format as fmt
-from robopolicy.data.video import iter_video_frames
+from robopolicy.data.video import decode_png, iter_video_frames
 from robopolicy.errors import DatasetError
 
 TIME_TOLERANCE_S = 1e-4  # the same tolerance LeRobot uses to match timestamps to video frames
@@ -145,7 +145,6 @@ class FrameCache:
                                    f" frame {row - int(ep.from_index[e])} (video truncated or timestamps wrong)")
 
     def _fill_from_png(self, key: str, out: np.ndarray) -> None:
-        from robopolicy.data.dataset import decode_png
 
         row = 0
         for path, array in zip(self.dataset.data_paths, self.dataset.png_bytes(key)):

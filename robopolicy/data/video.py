@@ -7,6 +7,8 @@ episodes after one another in the same file, as LeRobot v3.0 does.
 
 from __future__ import annotations
 
+import io
+
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -123,3 +125,24 @@ class VideoEncoder:
     @property
     def size_bytes(self) -> int:
         return self.path.stat().st_size if self.path.exists() else 0
+
+
+# ---------------------------------------------------------------------------- PNG frames
+# Datasets may store camera frames as PNG bytes inside the parquet instead of mp4 (LeRobot's
+# "image" dtype); these two functions are the whole codec for that case.
+def encode_png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes, where: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB"))
+    except Exception as err:
+        raise DatasetError(f"{where}: cannot decode image ({err})") from None

@@ -23,7 +23,6 @@ removed), and `finalize` turns it into an ordinary dataset and drops the journal
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -36,7 +35,7 @@ import pyarrow.parquet as pq
 
 from robopolicy.data import format as fmt
 from robopolicy.data import stats as stats_lib
-from robopolicy.data.video import VideoEncoder, probe_video
+from robopolicy.data.video import VideoEncoder, encode_png, probe_video
 from robopolicy.errors import DatasetError
 
 _ARROW_TYPES = {"float32": pa.float32(), "float64": pa.float64(), "int64": pa.int64(),
@@ -311,7 +310,7 @@ class DatasetWriter:
         for field in self.schema:
             key = field.name
             if key in self.image_keys:
-                arrays.append(pa.array([{"bytes": _png(img), "path": f"frame-{i:06d}.png"}
+                arrays.append(pa.array([{"bytes": encode_png(img), "path": f"frame-{i:06d}.png"}
                                         for i, img in enumerate(columns[key])], type=field.type))
             elif pa.types.is_fixed_size_list(field.type):
                 flat = pa.array(columns[key].reshape(-1), type=field.type.value_type)
@@ -456,11 +455,3 @@ class DatasetWriter:
                 self._data_writer.close()
             for encoder in self._encoders.values():
                 encoder.close()
-
-
-def _png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
