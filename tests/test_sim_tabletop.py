@@ -8,7 +8,8 @@ import pytest
 
 from robopolicy.errors import EnvError
 from robopolicy.sim.registry import env_names, make_env, make_expert
-from robopolicy.sim.tabletop import COLORS, TabletopEnv, TabletopExpert
+from robopolicy.sim.tabletop import COLORS, TabletopEnv
+from robopolicy.sim.tabletop_expert import TabletopExpert
 
 OPEN = [0.0, 0.0, 0.0, -1.0]
 
@@ -344,3 +345,27 @@ def test_collect_every_instruction_repeats_each_layout_with_each_instruction(tmp
     assert len({tuple(np.round(ds.columns["observation.state"][s + 15, :2], 3)) for s in starts[:3]}) == 3
     with pytest.raises(RobopolicyError, match="several instructions"):
         collect("robosuite/Lift", 3, tmp_path / "lift", every_instruction=True, progress=False)
+
+
+def test_tabletop_envs_work_where_robosuite_is_not_installed():
+    """Listing envs imports no simulator, and the MuJoCo-native tasks need only MuJoCo."""
+    code = """
+import sys
+sys.modules["robosuite"] = None  # as if not installed: importing it raises ImportError
+from robopolicy.sim.registry import env_names, make_env, make_expert
+from robopolicy.errors import EnvError
+assert "robosuite/Lift" in env_names() and "robosuite" not in [m.split(".")[0] for m in sys.modules if sys.modules[m]]
+env = make_env("tabletop/pick", images=False)
+obs, _ = env.reset(seed=0)
+make_expert("tabletop/pick", env).act(obs)
+try:
+    make_env("robosuite/Lift")
+except EnvError as err:
+    print("refused:", err)
+"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "refused: robosuite/Lift needs robosuite, which is not installed" in out.stdout

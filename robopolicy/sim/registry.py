@@ -7,55 +7,88 @@ Every env follows the gymnasium API (`reset(seed=...)`, `step(action)`) with obs
 are dataset feature names and `info["is_success"]`; each has a `task` string (its instruction) and
 a `features` dict in LeRobot's format, so a collector can create a dataset without knowing the env.
 
-Your own envs: put `register(...)` calls in a module and name it in the environment variable
-ROBOPOLICY_PLUGINS (comma-separated module names). The registry imports those modules too — in
-every process, including the spawned collection and evaluation workers.
+Built-in envs are registered by "module:attribute" entry points, so listing them imports no
+simulator: robosuite is imported when a robosuite env is made, and the tabletop tasks work
+without it. Your own envs: put `register(...)` calls in a module and name it in the environment
+variable ROBOPOLICY_PLUGINS (comma-separated module names). The registry imports those modules
+too — in every process, including the spawned collection and evaluation workers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from robopolicy.errors import EnvError
+
+
 
 
 @dataclass(frozen=True)
 class EnvEntry:
     name: str
-    make: Callable[..., object]
-    expert: Callable[[object], object] | None  # None: no scripted expert (no collect, no DAgger)
+    make: Any  # entry point of the env class or factory
+    expert: Any | None  # entry point of the expert factory (called with the env); None: no expert
     description: str
+    kwargs: dict = field(default_factory=dict)  # passed to `make` before the caller's own
 
 
 _REGISTRY: dict[str, EnvEntry] = {}
 _loaded = False
 
+_ROBOSUITE = "robopolicy.sim.robosuite_env:RobosuiteEnv"
+_ROBOSUITE_EXPERT = "robopolicy.sim.robosuite_experts:expert_for"
+_TABLETOP = "robopolicy.sim.tabletop:TabletopEnv"
+_TABLETOP_EXPERT = "robopolicy.sim.tabletop_expert:TabletopExpert"
+_CUBES = "MuJoCo gantry gripper, cubes and a bowl"
+BUILTIN = [
+    ("robosuite/Lift", _ROBOSUITE, _ROBOSUITE_EXPERT, "robosuite Lift with a Panda arm: lift the cube", {"task": "Lift"}),
+    ("robosuite/Stack", _ROBOSUITE, _ROBOSUITE_EXPERT, "robosuite Stack with a Panda arm: stack one cube on the other",
+     {"task": "Stack"}),
+    ("robosuite/PickPlaceCan", _ROBOSUITE, _ROBOSUITE_EXPERT, "robosuite PickPlaceCan with a Panda arm: the can into"
+     " its bin", {"task": "PickPlaceCan"}),
+    ("robosuite/NutAssemblySquare", _ROBOSUITE, _ROBOSUITE_EXPERT, "robosuite NutAssemblySquare with a Panda arm: the"
+     " square nut onto its peg", {"task": "NutAssemblySquare"}),
+    ("tabletop/pick", _TABLETOP, _TABLETOP_EXPERT, f"{_CUBES}: put the {{red|green|blue}} cube in the bowl",
+     {"task": "pick"}),
+    ("tabletop/push", _TABLETOP, _TABLETOP_EXPERT, f"{_CUBES}: push the {{red|green|blue}} cube to the {{left|right}}",
+     {"task": "push"}),
+    ("tabletop/mixed", _TABLETOP, _TABLETOP_EXPERT, f"{_CUBES}: pick-into-bowl and push instructions, one per episode",
+     {"task": "mixed"}),
+]
 
-def register(name: str, make: Callable[..., object], expert: Callable[[object], object] | None,
-             description: str) -> None:
-    _REGISTRY[name] = EnvEntry(name, make, expert, description)
+
+def register(name: str, make, expert, description: str, **kwargs) -> None:
+    """Add an env. `make` and `expert` are "module:attribute" entry points, imported only when the
+    env is made (gymnasium's pattern), or callables; `kwargs` go to `make` with every call."""
+    _REGISTRY[name] = EnvEntry(name, make, expert, description, dict(kwargs))
 
 
 def _load_builtin() -> None:
     global _loaded
     if _loaded:
         return
-    import importlib
-    import os
-
-    try:
-        from robopolicy.sim import robosuite_env  # noqa: F401  (registers robosuite/*)
-        from robopolicy.sim import tabletop  # noqa: F401  (registers tabletop/*)
-    except ImportError as err:
-        raise EnvError(f"simulation needs MuJoCo and robosuite (pip install -e '.[sim]'): {err}") from None
     _loaded = True
-
+    for name, make, expert, description, kwargs in BUILTIN:
+        register(name, make, expert, description, **kwargs)
     for module in filter(None, (m.strip() for m in os.environ.get("ROBOPOLICY_PLUGINS", "").split(","))):
         try:
             importlib.import_module(module)
         except ImportError as err:
             raise EnvError(f"ROBOPOLICY_PLUGINS names {module!r}, which cannot be imported: {err}") from None
+
+
+def _resolve(name: str, ref):
+    if callable(ref):
+        return ref
+    module, _, attribute = str(ref).partition(":")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except ImportError as err:
+        raise EnvError(f"env {name!r} needs a package that is not installed ({err});"
+                       f" the simulation extra installs MuJoCo and robosuite: pip install -e '.[sim]'") from None
 
 
 def env_names() -> list[str]:
@@ -75,7 +108,8 @@ def entry(name: str) -> EnvEntry:
 
 
 def make_env(name: str, **kwargs):
-    return entry(name).make(**kwargs)
+    found = entry(name)
+    return _resolve(name, found.make)(**{**found.kwargs, **kwargs})
 
 
 def require_expert(name: str) -> EnvEntry:
@@ -90,4 +124,4 @@ def require_expert(name: str) -> EnvEntry:
 
 def make_expert(name: str, env):
     """The env's scripted expert: it acts from any state of `env` (`reset()`, then `act(obs)` each step)."""
-    return require_expert(name).expert(env)
+    return _resolve(name, require_expert(name).expert)(env)

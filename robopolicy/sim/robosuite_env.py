@@ -26,7 +26,6 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import gymnasium as gym  # noqa: E402
 
 from robopolicy.errors import EnvError  # noqa: E402
-from robopolicy.sim.registry import register  # noqa: E402
 
 CAMERAS = {"agentview": "observation.images.agentview", "robot0_eye_in_hand": "observation.images.wrist"}
 STATE_NAMES = ["eef_x", "eef_y", "eef_z", "eef_qx", "eef_qy", "eef_qz", "eef_qw", "gripper_q0", "gripper_q1"]
@@ -80,8 +79,12 @@ class RobosuiteEnv(gym.Env):
         if unknown:
             raise EnvError(f"unknown camera(s) {unknown}; available: {sorted(CAMERAS)}")
         _quiet_robosuite()
-        import robosuite
-        from robosuite.controllers import load_composite_controller_config
+        try:
+            import robosuite
+            from robosuite.controllers import load_composite_controller_config
+        except ImportError as err:
+            raise EnvError(f"robosuite/{task} needs robosuite, which is not installed ({err}): "
+                           f"pip install -e '.[sim]'") from None
 
         self.info = TASKS[task]
         self.task = self.info.instruction
@@ -173,24 +176,3 @@ class RobosuiteEnv(gym.Env):
 
     def _disable_msaa(self) -> None:
         self.raw.sim.model.vis.quality.offsamples = 0
-
-
-def _factory(task: str):
-    def make(**kwargs) -> RobosuiteEnv:
-        return RobosuiteEnv(task, **kwargs)
-
-    return make
-
-
-def _expert_factory(task: str):
-    def make(env: RobosuiteEnv):
-        from robopolicy.sim import robosuite_experts
-
-        return robosuite_experts.EXPERTS[task](env)
-
-    return make
-
-
-for _task, _info in TASKS.items():
-    register(f"robosuite/{_task}", _factory(_task), _expert_factory(_task),
-             f"robosuite {_task} with a Panda arm: {_info.instruction}")

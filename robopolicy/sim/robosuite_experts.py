@@ -354,3 +354,8 @@ class NutAssemblySquareExpert(PickPlaceExpert):
 
 EXPERTS = {"Lift": LiftExpert, "Stack": StackExpert, "PickPlaceCan": PickPlaceCanExpert,
            "NutAssemblySquare": NutAssemblySquareExpert}
+
+
+def expert_for(env) -> PickPlaceExpert:
+    """The expert of a `RobosuiteEnv`'s task (the registry's expert entry point for robosuite/*)."""
+    return EXPERTS[env.info.robosuite_name](env)
