@@ -94,9 +94,9 @@ def test_rtc_chunks_continue_the_committed_actions(toy_checkpoint):
     obs = robot.get_observation()
     try:
         runtime.prime(0, obs)
-        committed = [a for s, a in runtime._queue if 0 <= s < 3]
+        committed = runtime._queue.planned(0, 3)
         runtime._infer(0, runtime.history.push({k: obs[k] for k in runtime.keys if k in obs}), np.stack(committed))
-        new = [a for s, a in runtime._queue if 0 <= s < 3]
+        new = runtime._queue.planned(0, 3)
     finally:
         runtime.stop()  # gives back the thread cap prime set
     assert np.allclose(np.stack(new), np.stack(committed), atol=1e-5)  # inpainted prefix kept exactly

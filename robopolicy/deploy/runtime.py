@@ -17,6 +17,11 @@ The loop calls `observe(step, obs)` then `action(step)` once per tick. Strategie
             the action for a step is the exp(-decay * i)-weighted mean of every chunk covering it
             (ACT's temporal ensembling, made asynchronous).
 
+The runtime decides where and when inference runs (`prime` inline before the clock starts, then a
+background thread, which the loop waits for in `sync`) and whether the committed prefix goes to the
+head (`rtc`); how chunks become actions is `ActionQueue` / `ChunkEnsemble`, the classes offline
+evaluation uses too, so evaluation and deployment execute chunks the same way.
+
 Background inference shares the process with the loop, so two things keep it from slowing the
 loop (or the loop from starving it): torch's intra-op threads are capped at the cores minus one
 (`inference_threads`), leaving a core to the loop and the robot driver, and the interpreter's
@@ -35,7 +40,6 @@ import os
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -43,7 +47,7 @@ import numpy as np
 import torch
 
 from robopolicy.deploy.names import STRATEGIES
-from robopolicy.policy.execution import ObservationHistory
+from robopolicy.policy.execution import ActionQueue, ChunkEnsemble, ObservationHistory
 
 SWITCH_INTERVAL_S = 0.0005  # GIL hand-over while background inference runs (Python's default: 0.005)
 
@@ -77,7 +81,6 @@ class InferenceRuntime:
         self.n_action_steps = n_action_steps or policy.config.n_action_steps
         self.inference_steps = inference_steps
         self.period = 1.0 / hz
-        self.decay = ensemble_decay
         self.margin = latency_margin_steps
         self.inference_threads = inference_threads or default_inference_threads()
         self.inference_budget_s = inference_budget_s  # sync: the longest the loop waits for a chunk
@@ -87,8 +90,9 @@ class InferenceRuntime:
         self.generator = torch.Generator().manual_seed(seed)
         self.stats = RuntimeStats()
         self._lock = threading.Lock()
-        self._queue: deque = deque()  # (step, action) pairs to execute
-        self._chunks: list[tuple[int, np.ndarray]] = []  # ensemble: (first step, chunk)
+        # how chunks become actions: the classes offline evaluation uses (robopolicy.policy.execution)
+        self._queue = ActionQueue()
+        self._ensemble = ChunkEnsemble(ensemble_decay)
         self._latest: tuple[int, dict] | None = None
         self._thread: threading.Thread | None = None
         self._busy = False
@@ -96,7 +100,6 @@ class InferenceRuntime:
         self._wake = threading.Event()
         self._finished = threading.Event()  # set whenever the worker ends an inference
         self._stop = threading.Event()
-        self._last_committed: np.ndarray | None = None
         self._sync_request: int | None = None  # sync: the step the loop is waiting for a chunk for
 
     # ------------------------------------------------------------------ lifecycle
@@ -169,15 +172,10 @@ class InferenceRuntime:
         """The action for `step`, or None if none is ready (a missed action)."""
         with self._lock:
             if self.strategy == "ensemble":
-                return self._ensemble_action(step)
-            while self._queue and self._queue[0][0] < step:
-                self._queue.popleft()
-                self.stats.skipped_stale += 1
-            if self._queue and self._queue[0][0] == step:
-                action = self._queue.popleft()[1]
-                self._last_committed = action
-                return action
-            return None
+                return self._ensemble.action(step)
+            action, stale = self._queue.take(step)
+            self.stats.skipped_stale += stale
+            return action
 
     # ------------------------------------------------------------------ scheduling
     def _needs_inference(self, step: int) -> bool:
@@ -185,7 +183,7 @@ class InferenceRuntime:
             return False
         if self.strategy == "ensemble":
             return True
-        remaining = sum(1 for s, _ in self._queue if s >= step)
+        remaining = self._queue.remaining(step)
         if self.strategy == "sync":
             return remaining == 0
         return remaining <= self.expected_latency_steps + self.margin
@@ -216,8 +214,7 @@ class InferenceRuntime:
 
     def _rtc_prefix(self, step: int) -> np.ndarray | None:
         """Actions already queued for the steps this inference is expected to overlap."""
-        d = self.expected_latency_steps + self.margin
-        committed = [a for s, a in self._queue if step <= s < step + d]
+        committed = self._queue.planned(step, step + self.expected_latency_steps + self.margin)
         return np.stack(committed) if committed else None
 
     def _infer(self, step: int, stacked: dict, prefix: np.ndarray | None) -> None:
@@ -227,19 +224,9 @@ class InferenceRuntime:
         self.stats.inferences += 1
         with self._lock:
             if self.strategy == "ensemble":
-                self._chunks.append((step, chunk))
+                self._ensemble.add(step, chunk)
                 return
             keep = self.n_action_steps
             if self.strategy != "sync":  # the first actions will be stale on arrival: keep enough after them
                 keep += self.expected_latency_steps + self.margin
-            new = [(step + i, chunk[i]) for i in range(min(keep, len(chunk)))]
-            # the new chunk replaces whatever was planned from its first step on
-            self._queue = deque([(s, a) for s, a in self._queue if s < step] + new)
-
-    def _ensemble_action(self, step: int) -> np.ndarray | None:
-        self._chunks = [(s, c) for s, c in self._chunks if step - s < len(c)]
-        candidates = [c[step - s] for s, c in self._chunks if 0 <= step - s < len(c)]
-        if not candidates:
-            return None
-        weights = np.exp(-self.decay * np.arange(len(candidates)))  # oldest chunk first
-        return (weights[:, None] * np.stack(candidates)).sum(0) / weights.sum()
+            self._queue.plan(step, chunk[:keep])

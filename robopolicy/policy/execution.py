@@ -11,6 +11,10 @@ is a runtime choice, shared by offline evaluation and deployment:
 
 Both keep the observation history the policy needs (the last n_obs_steps observations; at the
 start of an episode the first observation is repeated, as during training).
+
+How chunks become actions is in two small classes shared with deployment (robopolicy.deploy.runtime),
+so that what is evaluated is what is deployed: `ActionQueue` (step-stamped planned actions; a new
+chunk replaces the plan from its first step on) and `ChunkEnsemble` (temporal ensembling).
 """
 
 from __future__ import annotations
@@ -45,6 +49,62 @@ class ObservationHistory:
             else:
                 stacked[key] = np.stack([np.asarray(f[key]) for f in self._frames])
         return stacked
+
+
+class ActionQueue:
+    """Planned actions, each stamped with the control step it is for."""
+
+    def __init__(self):
+        self._items: deque = deque()
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def plan(self, step: int, actions) -> None:
+        """`actions` for steps step, step+1, ...; they replace whatever was planned from `step` on."""
+        self._items = deque([(s, a) for s, a in self._items if s < step]
+                            + [(step + i, a) for i, a in enumerate(actions)])
+
+    def take(self, step: int) -> tuple[np.ndarray | None, int]:
+        """(the action planned for `step` or None, how many actions were dropped because their
+        step had already passed)."""
+        stale = 0
+        while self._items and self._items[0][0] < step:
+            self._items.popleft()
+            stale += 1
+        if self._items and self._items[0][0] == step:
+            return self._items.popleft()[1], stale
+        return None, stale
+
+    def remaining(self, step: int) -> int:
+        return sum(1 for s, _ in self._items if s >= step)
+
+    def planned(self, start: int, stop: int) -> list[np.ndarray]:
+        """The actions planned for steps start .. stop-1 (those already committed to)."""
+        return [a for s, a in self._items if start <= s < stop]
+
+
+class ChunkEnsemble:
+    """ACT's temporal ensembling: the action for a step is the exp(-decay * i)-weighted mean of every
+    chunk that covers it, i = 0 for the oldest."""
+
+    def __init__(self, decay: float = 0.01):
+        self.decay = decay
+        self._chunks: list[tuple[int, np.ndarray]] = []  # (step the chunk starts at, chunk)
+
+    def clear(self) -> None:
+        self._chunks.clear()
+
+    def add(self, step: int, chunk: np.ndarray) -> None:
+        self._chunks.append((step, chunk))
+
+    def action(self, step: int) -> np.ndarray | None:
+        self._chunks = [(s, c) for s, c in self._chunks if step - s < len(c)]
+        candidates = [c[step - s] for s, c in self._chunks if 0 <= step - s]
+        if not candidates:
+            return None
+        weights = np.exp(-self.decay * np.arange(len(candidates)))
+        return (weights[:, None] * np.stack(candidates)).sum(0) / weights.sum()
 
 
 class ChunkExecutor:
@@ -85,14 +145,16 @@ class RecedingHorizon(ChunkExecutor):
 
     def reset(self, seed: int = 0) -> None:
         super().reset(seed)
-        self.queue: deque = deque()
+        self.step = 0
+        self.queue = ActionQueue()
 
     def act(self, observation: Mapping[str, Any]) -> np.ndarray:
         stacked = self.remember(observation)
-        if not self.queue:
-            chunk = self.predict(stacked)
-            self.queue.extend(chunk[: self.n_action_steps])
-        return self.queue.popleft()
+        if not self.queue.remaining(self.step):
+            self.queue.plan(self.step, self.predict(stacked)[: self.n_action_steps])
+        action, _ = self.queue.take(self.step)
+        self.step += 1
+        return action
 
 
 class TemporalEnsemble(ChunkExecutor):
@@ -106,16 +168,14 @@ class TemporalEnsemble(ChunkExecutor):
     def reset(self, seed: int = 0) -> None:
         super().reset(seed)
         self.step = 0
-        self.predictions: list[tuple[int, np.ndarray]] = []  # (step the chunk starts at, chunk)
+        self.ensemble = ChunkEnsemble(self.decay)
 
     def act(self, observation: Mapping[str, Any]) -> np.ndarray:
         stacked = self.remember(observation)
-        self.predictions.append((self.step, self.predict(stacked)))
-        self.predictions = [(s, c) for s, c in self.predictions if self.step - s < len(c)]
-        candidates = np.stack([c[self.step - s] for s, c in self.predictions])  # oldest first
-        weights = np.exp(-self.decay * np.arange(len(candidates)))
+        self.ensemble.add(self.step, self.predict(stacked))
+        action = self.ensemble.action(self.step)
         self.step += 1
-        return (weights[:, None] * candidates).sum(0) / weights.sum()
+        return action
 
 
 def make_executor(policy, strategy: str = "receding", n_action_steps: int | None = None,
