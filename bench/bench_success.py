@@ -24,7 +24,7 @@ from benchlib import machine
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run(config: Path, overrides: list[str], dagger: bool = False) -> dict:
+def run(config: Path, overrides: list[str], dagger: bool = False, resume: bool = False) -> dict:
     """collect -> train -> evaluate (or, with `dagger`, `robopolicy dagger`'s rounds) and record it."""
     from robopolicy.config import load_config
     from robopolicy.data.dataset import LeRobotDataset
@@ -35,7 +35,7 @@ def run(config: Path, overrides: list[str], dagger: bool = False) -> dict:
     if dagger:
         from robopolicy.dagger import run_dagger
 
-        out = run_dagger(config, overrides)
+        out = run_dagger(config, overrides, resume=resume)
         t, steps, rounds = out["timings"], out["steps"], out["rounds"]
     else:
         from robopolicy.experiment import run_experiment
@@ -119,7 +119,7 @@ def table() -> str:
         minutes = "time not recorded" if r["train_seconds"] is None else f"{r['train_seconds'] / 60:.1f} min"
         rows.append(f"| {path.stem[8:]} | {r['env']} | {r['head']} | {r['success_rate']:.0%} ({lo:.0%}-{hi:.0%}) |"
                     f" {r['successes']}/{r['episodes']} | {r['train_steps']} steps, {minutes}"
-                    f" ({r.get('trained_on', 'this CPU')}) |"
+                    f" ({r.get('trained_on', '2-core CPU')}) |"
                     f" {r['episodes_per_min']:.1f} episodes/min |")
     return "\n".join(rows)
 
@@ -131,6 +131,8 @@ def main() -> None:
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--dagger", action="store_true",
                         help="train with `robopolicy dagger` (the config's dagger: section) instead of `run`")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --dagger: continue a killed run, keeping its finished rounds (their time counts)")
     parser.add_argument("--evaluate", type=Path, metavar="RUN", help="score a run folder trained on another machine")
     parser.add_argument("--env", help="with --evaluate: the env, when the run's config names none")
     parser.add_argument("--trained-on", default="another machine", help="with --evaluate: where it was trained")
@@ -142,7 +144,7 @@ def main() -> None:
         print(json.dumps(evaluate_run(args.evaluate, args.env, args.trained_on)), flush=True)
         return
     for config in args.configs:
-        record = run(config, args.set, dagger=args.dagger)
+        record = run(config, args.set, dagger=args.dagger, resume=args.resume)
         print(json.dumps(record), flush=True)
     if not args.configs:
         parser.print_help(sys.stderr)

@@ -33,7 +33,10 @@ def cmd_dataset_info(args: argparse.Namespace) -> int:
 
 def cmd_dataset_verify(args: argparse.Namespace) -> int:
     from robopolicy.data.inspect import verify
+    from robopolicy.errors import DatasetError
 
+    if not Path(args.path).exists():  # a wrong path is the user's error, not a finding about a dataset
+        raise DatasetError(f"dataset folder not found: {args.path}")
     problems = verify(args.path)
     if problems:
         for p in problems:

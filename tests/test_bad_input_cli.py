@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import LIFT_VIDEO
+from conftest import LIFT_VIDEO, REPO
 
 
 def run_cli(cwd, *args):
@@ -56,6 +56,22 @@ def _with(path, value):
     (_with("policy.quaternions", {"observation.state": [7]}), ["quaternions", "does not fit"]),
     (_with("data.path", "no/such/dataset"), ["no/such/dataset"]),
     ({}, ["data.path is empty"]),
+    (_with("train.stepz", 5), ["train.stepz", "train.steps"]),
+    (_with("train.steps", "many"), ["train.steps", "integer"]),
+    (_with("train.steps", 0), ["train.steps"]),
+    (_with("train.lr", -1), ["train.lr"]),
+    (_with("train.batch_size", 2.5), ["train.batch_size"]),
+    (_with("train.precision", "fp8"), ["train.precision", "fp8"]),
+    (_with("policy.head", "gpt"), ["policy.head", "gpt"]),
+    (_with("policy.horizon", 0), ["horizon"]),
+    (_with("policy.n_action_steps", 99), ["n_action_steps"]),
+    (_with("policy.action_offset", 3), ["action_offset"]),
+    (_with("policy.encoder.dim", 2), ["encoder.dim"]),
+    (_with("policy.encoder.state_keys", ["observation.nothing"]), ["observation.nothing"]),
+    (_with("policy.encoder.vision.crop_ratio", 2), ["crop_ratio"]),
+    (_with("policy.encoder.vision.language_film", True), ["language_film", "encoder.language"]),
+    (_with("dagger.beta", 2), ["dagger.beta"]),
+    (_with("train", "fast"), ["train", "mapping"]),
 ])
 def test_bad_configs_are_refused_before_anything_is_written(tmp_path, config, words):
     (tmp_path / "c.yaml").write_text(json.dumps(config))
@@ -85,6 +101,17 @@ def test_an_output_dir_that_is_a_file_and_a_non_utf8_config(tmp_path):
     (["deploy", "--server", "http://host:1", "--robot", "sim:test/reach"], ["--server", "ws://"]),
     (["deploy", "--checkpoint", "ckpt", "--robot", "sim:test/reach", "--max-steps", "0"], ["--max-steps"]),
     (["dagger", "--config", "missing.yaml"], ["missing.yaml"]),
+    (["train", "--config", "missing.yaml"], ["missing.yaml"]),
+    (["eval", "--checkpoint", "no/ckpt", "--env", "test/reach"], ["no/ckpt"]),
+    (["eval", "--checkpoint", "ckpt", "--env", "robosuite/Lfit"], ["robosuite/Lfit", "robosuite/Lift"]),
+    (["collect", "--env", "nope/env", "--out", "d"], ["nope/env"]),
+    (["dataset", "info", "no/such/folder"], ["no/such/folder"]),
+    (["dataset", "verify", "no/such/folder"], ["no/such/folder"]),
+    (["deploy", "--robot", "sim:test/reach"], ["--checkpoint", "--server"]),
+    (["deploy", "--checkpoint", "no/ckpt", "--robot", "sim:test/reach"], ["no/ckpt"]),
+    (["serve", "--checkpoint", "no/ckpt"], ["no/ckpt"]),
+    (["train", "--config", str(REPO / "configs" / "quickstart_lift_lowdim.yaml"), "train.steps"],
+     ["train.steps", "key.sub=value"]),
 ])
 def test_bad_numbers_and_urls_on_the_command_line(tmp_path, args, words):
     before = files_in(tmp_path)

@@ -21,6 +21,8 @@ steps on the image tabletop task), and a FiLM fed from it then gets almost no si
 
 from __future__ import annotations
 
+import warnings
+
 import math
 
 import torch
@@ -39,7 +41,9 @@ def resnet18_groupnorm(pretrained_path: str | None = None) -> nn.Module:
     net = torchvision.models.resnet18(weights=None, norm_layer=lambda c: nn.GroupNorm(max(c // 16, 1), c))
     if pretrained_path:
         try:  # weights only: a pickle that carries code is refused, never run
-            state = torch.load(pretrained_path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns before refusing; the error below says it all
+                warnings.simplefilter("ignore")
+                state = torch.load(pretrained_path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise CheckpointError(f"vision.pretrained_path: file not found: {pretrained_path}") from None
         except Exception as err:
