@@ -21,9 +21,8 @@ steps on the image tabletop task), and a FiLM fed from it then gets almost no si
 
 from __future__ import annotations
 
-import warnings
-
 import math
+import warnings
 
 import torch
 import torchvision
