@@ -119,14 +119,6 @@ def test_bad_numbers_and_urls_on_the_command_line(tmp_path, args, words):
     assert files_in(tmp_path) == before
 
 
-def _dataset(tmp_path):
-    dst = tmp_path / "ds"
-    shutil.copytree(LIFT_VIDEO, dst)
-    for p in [dst, *dst.rglob("*")]:
-        p.chmod(0o755 if p.is_dir() else 0o644)
-    return dst
-
-
 def _edit_info(ds, **changes):
     path = ds / "meta/info.json"
     info = json.loads(path.read_text())
@@ -147,8 +139,8 @@ def _edit_info(ds, **changes):
     (lambda ds: (ds / "meta/stats.json").write_text(json.dumps({"action": {"min": [0.0]}})), ["stats.json", "action"]),
 ])
 @pytest.mark.parametrize("verb", ["info", "verify", "train"])
-def test_damaged_datasets_are_one_line_from_every_verb(tmp_path, damage, words, verb):
-    ds = _dataset(tmp_path)
+def test_damaged_datasets_are_one_line_from_every_verb(tmp_path, lift_copy, damage, words, verb):
+    ds = lift_copy
     damage(ds)
     if verb == "train":
         (tmp_path / "c.yaml").write_text(json.dumps(_with("data.path", str(ds))))
