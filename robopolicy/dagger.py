@@ -33,7 +33,7 @@ from pathlib import Path
 
 from robopolicy.config import ExperimentConfig, load_config
 from robopolicy.data import format as fmt
-from robopolicy.errors import ConfigError, RobopolicyError
+from robopolicy.errors import ConfigError
 from robopolicy.structs import to_dict
 
 
@@ -113,7 +113,7 @@ def run_dagger(config: str | Path, overrides: list[str] | None = None, resume: b
     t = time.perf_counter()
     base = ensure_dataset(cfg)
     timings["collect_s"] = time.perf_counter() - t
-    data, checkpoint, result = base, None, None
+    data, checkpoint = base, None
     for r in range(d.rounds + 1):
         done = state["rounds"][r] if r < len(state["rounds"]) else None
         round_data = base if r == 0 else run_dir / "data" / f"round_{r}"
@@ -134,9 +134,7 @@ def run_dagger(config: str | Path, overrides: list[str] | None = None, resume: b
                                 label_with_expert=True, beta=d.beta)
             record["rollout_seconds"] = time.perf_counter() - t
             timings["rollout_s"] += record["rollout_seconds"]
-            labelled = [e for e in rollouts.episodes if e.labels]
-            if not labelled:
-                raise RobopolicyError(f"dagger round {r}: every rollout crashed; see {rollouts.out_dir / 'eval.json'}")
+            labelled = [e for e in rollouts.episodes if e.labels]  # evaluate() raises if every one crashed
             t = time.perf_counter()
             frames = aggregate(data, labelled, round_data)
             timings["aggregate_s"] += time.perf_counter() - t

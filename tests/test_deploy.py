@@ -141,7 +141,7 @@ def test_watchdog_stops_an_inference_overrun_with_the_sync_strategy_too(toy_chec
     robot = toy_robot()
     start = time.monotonic()
     report = deploy(Policy.load(toy_checkpoint), robot, hz=20, max_steps=200, stop_when_done=False,
-                    strategy="sync", inference_steps=5000, watchdog=WatchdogConfig(max_inference_s=0.3))
+                    strategy="sync", inference_steps=2000, watchdog=WatchdogConfig(max_inference_s=0.3))
     assert "watchdog: inference has run" in report.stop_reason, report.stop_reason
     assert report.steps <= 24 and not robot.is_connected  # within the first chunks, not 200 steps later
     assert time.monotonic() - start < 60

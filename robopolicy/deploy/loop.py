@@ -14,7 +14,8 @@ the action for this step -> safety filter -> send -> record. A tick without a pl
 sends the robot's hold command instead (counted in `holds` and `missed_actions`), never the
 previous action again: for a delta controller a repeated action is continued motion. The hold
 goes out as the robot defines it, without the safety filter's clipping (bounds learned from the
-data could turn "stay here" into a move), but only if finite. The watchdog performs a safe stop — send the robot's hold action, then disconnect — when
+data could turn "stay here" into a move), but only if finite. The watchdog performs a safe stop —
+send the robot's hold action, then disconnect — when
 observations go stale, inference falls behind its budget or fails, the safety filter refuses an
 action, or the driver raises. Ctrl-C and SIGTERM end the loop cleanly the same way.
 """
@@ -47,12 +48,16 @@ class DeployReport:
     clean: bool = False  # stopped as asked (steps, duration, episode end, Ctrl-C / SIGTERM), not by a fault
     periods_s: list = field(default_factory=list)
     period_errors_s: list = field(default_factory=list)
-    missed_actions: int = 0
-    holds: int = 0  # ticks that sent the robot's hold command for want of a planned action
+    missed_actions: int = 0  # ticks without a planned action: each sent the robot's hold command
     missed_deadlines: int = 0
     success: bool | None = None
     safety: dict = field(default_factory=dict)
     inference: dict = field(default_factory=dict)
+
+    @property
+    def holds(self) -> int:
+        """Hold commands sent in place of a missing action (one per missed action)."""
+        return self.missed_actions
 
     def summary(self) -> dict:
         errs = np.abs(np.asarray(self.period_errors_s)) * 1000 if self.period_errors_s else np.zeros(1)
@@ -149,7 +154,6 @@ class ControlLoop:
                     hold = np.asarray(self.robot.hold_action(), dtype=np.float64)
                     if not np.isfinite(hold).all():
                         raise _Stop(f"safety: the robot's hold command {hold.tolist()} is not finite")
-                    report.holds += 1
                     sent = self.robot.send_action(hold.astype(np.float32))
                 else:
                     missed_in_row = 0
@@ -181,8 +185,8 @@ class ControlLoop:
             report.stop_reason = f"error: {type(err).__name__}: {err}"
         finally:
             gc.unfreeze()
+            self._safe_stop(report)  # the robot holds first; an inference still running is waited for after
             self.runtime.stop()
-            self._safe_stop(report)
             self._restore_signal_handlers(previous_handlers)
         report.success = getattr(self.robot, "success", None)
         report.safety = self.safety.report()

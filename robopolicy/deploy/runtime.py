@@ -49,6 +49,7 @@ import torch
 from robopolicy.deploy.names import STRATEGIES
 from robopolicy.policy.execution import ActionQueue, ChunkEnsemble, ObservationHistory
 
+STOP_WAIT_S = 120.0  # longest `stop` waits for a running inference to finish
 SWITCH_INTERVAL_S = 0.0005  # GIL hand-over while background inference runs (Python's default: 0.005)
 
 
@@ -120,7 +121,9 @@ class InferenceRuntime:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            # an overrunning inference cannot be interrupted; the robot is already held, so wait for it
+            # (bounded) rather than let the interpreter exit under a running torch kernel
+            self._thread.join(timeout=STOP_WAIT_S)
         if self._saved_threading is not None:
             threads, interval = self._saved_threading
             torch.set_num_threads(threads)

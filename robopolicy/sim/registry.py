@@ -24,8 +24,6 @@ from typing import Any, Callable
 from robopolicy.errors import EnvError
 
 
-
-
 @dataclass(frozen=True)
 class EnvEntry:
     name: str
