@@ -11,7 +11,7 @@ ACT's chunk (one frame, its transformer left as it is):
   (constant-folded, pre-packed weights; CPU C++ kernels with fused element-wise operators). The
   first calls compile (minutes on 2 cores) and are not counted;
 - onnxruntime: `Policy.compile_for_inference()` on a CPU — the camera encoder and the U-Net run as
-  ONNX Runtime sessions (robopolicy.policy.onnx_cpu), the rest of the chunk in PyTorch;
+  ONNX Runtime sessions (robopolicy.policy.accel.onnx_cpu), the rest of the chunk in PyTorch;
 - onnxruntime_bf16_vision: `Policy.compile_for_inference(vision_bf16=True)` — the U-Net as above,
   the ResNet trunk as a bf16, channels_last copy (oneDNN's AMX / AVX512-BF16 convolutions).
 Every variant is built first, then each figure is timed round-robin across the variants (one call

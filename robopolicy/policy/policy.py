@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from robopolicy.errors import CheckpointError, ConfigError, ObservationError
 from robopolicy.fileio import atomic_directory, sha256_files
 from robopolicy.policy.config import FeatureSpec, PolicyConfig, PolicySpec
 from robopolicy.policy.encoders import encoder_class
-from robopolicy.policy.encoders.base import Encoder
+from robopolicy.policy.encoders.base import Conditioning, Encoder
 from robopolicy.policy.heads import HEADS
 from robopolicy.policy.rotations import check_starts, rewrite_batch, rotation_feature_stats
 from robopolicy.structs import from_dict, to_dict
@@ -121,8 +121,7 @@ class Policy(nn.Module):
 
         `prefix` (B, K, A), robot units, holds actions already committed for t .. t+K-1.
         """
-        normalized = self.normalizer.normalize_batch(rewrite_batch(batch, self.config.quaternions))
-        cond = self.encoder(normalized)
+        cond = self.encode(batch)
         head_prefix = head_mask = None
         if prefix is not None:
             prefix = torch.as_tensor(prefix, dtype=torch.float32, device=cond.tokens.device)
@@ -138,6 +137,17 @@ class Policy(nn.Module):
             head_mask[:, s:s + k] = True
         actions = self.head.sample(cond, steps=steps, prefix=head_prefix, prefix_mask=head_mask, generator=generator)
         return self.normalizer.unnormalize("action", actions)[:, self.chunk_start:]
+
+    def encode(self, batch: Mapping[str, Any]) -> Conditioning:
+        """Training-format observations -> the encoder's conditioning, normalized as the heads expect."""
+        return self.encoder(self.normalizer.normalize_batch(rewrite_batch(batch, self.config.quaternions)))
+
+    def observation_batches(self, observations: Sequence[Mapping[str, Any]]) -> dict:
+        """Several env/robot observations (each as `observation_batch` takes it) -> one batch, in order."""
+        batches = [self.observation_batch(o) for o in observations]
+        out: dict[str, Any] = {k: torch.cat([b[k] for b in batches]) for k in batches[0] if k != "task"}
+        out["task"] = [b["task"][0] for b in batches]
+        return out
 
     def observation_batch(self, observation: Mapping[str, Any]) -> dict:
         """One robot/env observation -> a batch of 1 in training format.
@@ -196,36 +206,16 @@ class Policy(nn.Module):
         return actions[0].float().cpu().numpy()
 
     def compile_for_inference(self, vision_bf16: bool = False) -> "Policy":
-        """Make batch-1 chunks fast on this device: CUDA graphs on a GPU, ONNX Runtime on a CPU.
-
-        A batch-1 chunk is hundreds of small operators, so its time is per-operator overhead.
-        On a GPU the observation encoder and the head's network are captured as CUDA graphs
-        (torch.compile): flow-10 66 -> 8.5 ms, DDIM-10 68 -> 13 ms on an H100. On a CPU the camera
-        encoders and the U-Net denoiser run in ONNX Runtime (`robopolicy.policy.onnx_cpu`; the
-        `onnx` extra); torch.compile measured little better than eager there. Figures:
-        bench/RESULTS.md. The first chunks (GPU) or this call (CPU, tens of seconds) pay for
+        """Make batch-1 chunks fast on this device: CUDA graphs on a GPU, ONNX Runtime on a CPU
+        (robopolicy.policy.accel; the `onnx` extra on a CPU). Same weights and checkpoint, same chunks
+        to float rounding. The first chunks (GPU) or this call (CPU, tens of seconds) pay for
         compilation; call it once after loading, then use `predict_chunk` as usual. For inference
         only: do not train afterwards. `vision_bf16` (CPUs with AMX / AVX512-BF16): the camera
-        encoders run in bf16 instead (ResNet-18 over 4 images ~20 -> ~8 ms), chunks within ~2e-3 of
-        fp32 (robopolicy.policy.bf16_vision).
+        encoders run in bf16 instead, chunks within ~2e-3 of fp32.
         """
-        self.eval()
-        if self.device.type == "cpu":
-            from robopolicy.policy.onnx_cpu import compile_for_cpu
+        from robopolicy.policy.accel import compile_for_inference
 
-            if not compile_for_cpu(self.encoder, self.head, vision_bf16=vision_bf16):
-                raise ConfigError("nothing in this policy runs faster with ONNX Runtime (it has neither camera"
-                                  " encoders nor a U-Net denoiser); use it as it is")
-            return self
-        if self.device.type != "cuda":
-            raise ConfigError(f"compiling for inference speeds up CUDA GPUs and CPUs; this policy is on {self.device}")
-        if vision_bf16:
-            raise ConfigError("vision_bf16 is for CPUs; on a GPU, compile without it (CUDA graphs keep fp32)")
-        networks = list(self.head.inference_networks())
-        if self.encoder.graph_capturable:
-            networks.append(self.encoder)
-        for network in networks:
-            network.compile(mode="reduce-overhead", dynamic=False)
+        compile_for_inference(self, vision_bf16=vision_bf16)
         return self
 
     # ------------------------------------------------------------------ checkpoints

@@ -21,8 +21,9 @@ steps on the image tabletop task), and a FiLM fed from it then gets almost no si
 
 from __future__ import annotations
 
-import math
 import warnings
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torchvision
@@ -64,6 +65,21 @@ def small_cnn() -> nn.Module:
     return nn.Sequential(*block(3, 32, 2), *block(32, 64, 2), *block(64, 128, 2), *block(128, 128, 1))
 
 
+@dataclass(frozen=True)
+class Backbone:
+    """A camera trunk `vision.backbone` can name: how to build it and its output channels and stride."""
+
+    build: Callable[[VisionConfig], nn.Module]
+    channels: int
+    stride: int
+
+
+BACKBONES = {
+    "resnet18": Backbone(lambda cfg: resnet18_groupnorm(cfg.pretrained_path), channels=512, stride=32),
+    "small_cnn": Backbone(lambda cfg: small_cnn(), channels=128, stride=8),
+}
+
+
 class SpatialSoftmax(nn.Module):
     """(B, C, H, W) feature map -> (B, 2K) expected (x, y) of K learned keypoints in [-1, 1]."""
 
@@ -102,10 +118,8 @@ class CameraEncoder(nn.Module):
 
     def __init__(self, cfg: VisionConfig, crop_hw: tuple[int, int], dim: int, instruction_dim: int = 0):
         super().__init__()
-        if cfg.backbone == "resnet18":
-            self.trunk, channels = resnet18_groupnorm(cfg.pretrained_path), 512
-        else:
-            self.trunk, channels = small_cnn(), 128
+        backbone = BACKBONES[cfg.backbone]
+        self.trunk, channels = backbone.build(cfg), backbone.channels
         if cfg.language_film and instruction_dim < 1:
             raise ValueError("vision.language_film needs the instruction vector's size")
         self.film = LanguageFiLM(instruction_dim, channels) if cfg.language_film else None
@@ -177,18 +191,13 @@ class VisionEncoder(nn.Module):
             stacked = torch.stack([images[k] for k in self.camera_keys], dim=2)  # (B, T, n, 3, H, W)
             flat = self._prepare(stacked.flatten(0, 2))
             per_image = None if instruction is None else instruction[:, None].expand(b, t * n, -1).flatten(0, 1)
-            tokens = self._encode(self.shared, flat, per_image)
+            tokens = self.shared(flat, per_image)
             return tokens.view(b, t, n, -1)
         per_image = None if instruction is None else instruction[:, None].expand(b, t, -1).flatten(0, 1)
         outs = []
         for key, enc in zip(self.camera_keys, self.per_camera):
-            outs.append(self._encode(enc, self._prepare(images[key].flatten(0, 1)), per_image).view(b, t, -1))
+            outs.append(enc(self._prepare(images[key].flatten(0, 1)), per_image).view(b, t, -1))
         return torch.stack(outs, dim=2)
-
-    @staticmethod
-    def _encode(encoder: CameraEncoder, images: torch.Tensor, instruction: torch.Tensor | None) -> torch.Tensor:
-        # unconditioned encoders are called with the images alone: the form compiled ones take too
-        return encoder(images) if encoder.film is None else encoder(images, instruction)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = self.crop(x, random=self.training)
@@ -200,7 +209,3 @@ class VisionEncoder(nn.Module):
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-
-def feature_map_size(size: int, backbone: str) -> int:
-    stride = 32 if backbone == "resnet18" else 8
-    return math.ceil(size / stride)

@@ -12,6 +12,8 @@ inference, where reading the weights dominates on CPUs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -22,24 +24,12 @@ from robopolicy.policy.encoders.base import Conditioning
 from robopolicy.policy.heads.common import SinusoidalEmbedding
 
 
+@dataclass
 class PreparedFiLM:
     """What every denoising step of a chunk shares (see `UNet1D.prepare`)."""
 
-    def __init__(self, observation: torch.Tensor, net: "UNet1D"):
-        self.observation = observation  # (B, sum of 2C): every block's FiLM for the observation, bias included
-        self._net, self._time_weight = net, None
-
-    @property
-    def time_weight(self) -> torch.Tensor:
-        """(sum of 2C, time_dim): the blocks' noise-level columns, stacked on first use (1.8 MB for
-        U-Net 64/128/256, so not at all when a compiled step has them folded in)."""
-        if torch.compiler.is_compiling():
-            # inside a compiled step the stack is part of the graph; caching it would keep a tensor that
-            # CUDA graphs overwrite on the next replay
-            return self._net.film_time_weight()
-        if self._time_weight is None:
-            self._time_weight = self._net.film_time_weight()
-        return self._time_weight
+    observation: torch.Tensor  # (B, sum of 2C): every block's FiLM for the observation, bias included
+    time_weight: torch.Tensor | None  # (sum of 2C, time_dim): every block's noise-level columns, stacked
 
 
 class ConvBlock(nn.Sequential):
@@ -57,11 +47,8 @@ class FiLMResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
         """`film` is this block's FiLM output (B, 2C), computed by `UNet1D` (see `prepare`)."""
-        h = self.first(x)
-        # (B, C, 1) each, or (B, C, 1, 1) for a signal laid out as (B, C, 1, H) (the CPU export's form)
-        scale, shift = film.reshape(*film.shape, *(1,) * (h.dim() - 2)).chunk(2, dim=1)
-        h = self.second(h * scale + shift)
-        return h + self.skip(x)
+        scale, shift = film[:, :, None].chunk(2, dim=1)  # (B, C, 1) each
+        return self.second(self.first(x) * scale + shift) + self.skip(x)
 
 
 class UNet1D(nn.Module):
@@ -105,20 +92,13 @@ class UNet1D(nn.Module):
     def film_layers(self) -> list[nn.Linear]:
         return [b.film[1] for b in self.blocks()]
 
-    def film_time_weight(self) -> torch.Tensor:
-        """The noise-level columns of every block's FiLM layer, stacked: (sum of 2C, time_dim)."""
-        return torch.cat([f.weight[:, :self.time_dim] for f in self.film_layers()])
-
-    def film_observation_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The observation columns and the biases of every block's FiLM layer, stacked."""
-        layers = self.film_layers()
-        return torch.cat([f.weight[:, self.time_dim:] for f in layers]), torch.cat([f.bias for f in layers])
-
     def prepare(self, cond: Conditioning) -> PreparedFiLM:
-        """What every denoising step of a chunk shares: the FiLMs' observation halves, blocks side by side."""
+        """What every denoising step of a chunk shares: the FiLMs' observation halves, blocks side by side,
+        and their noise-level columns stacked, so each step computes every block's FiLM in one product."""
         pooled = F.mish(cond.pooled)  # one product per block: stacking the weights would copy megabytes
-        observation = torch.cat([F.linear(pooled, f.weight[:, self.time_dim:], f.bias) for f in self.film_layers()], dim=1)
-        return PreparedFiLM(observation, self)
+        layers = self.film_layers()
+        observation = torch.cat([F.linear(pooled, f.weight[:, self.time_dim:], f.bias) for f in layers], dim=1)
+        return PreparedFiLM(observation, torch.cat([f.weight[:, :self.time_dim] for f in layers]))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
                 prepared: PreparedFiLM | None = None) -> torch.Tensor:
@@ -136,7 +116,7 @@ class UNet1D(nn.Module):
             [f.out_features for f in self.film_layers()], dim=1))
 
     def denoise(self, h: torch.Tensor, films: list[torch.Tensor]) -> torch.Tensor:
-        """The U-Net proper on a (B, A, H) signal; any axes between channels and time pass through."""
+        """The U-Net proper on a (B, A, H) signal."""
         films = iter(films)
         skips = []
         for block1, block2, downsample in self.down:

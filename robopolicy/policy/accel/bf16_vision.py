@@ -9,10 +9,10 @@ by ~1e-3 of the action range, so it is a choice, not the default (a policy train
 autocast saw the same rounding). Compiling takes ~20 s for a ResNet-18 (and again for each new
 batch size or thread count); where inductor cannot compile (no C++ compiler) the trunk runs in eager bf16.
 
-How: each camera encoder's `forward` is replaced, on that instance only, by one inductor graph of
-a bf16, channels_last copy of its trunk followed by its fp32 keypoint pooling and projection. The
-module's own fp32 weights are untouched, so a compiled policy still saves the checkpoint it was
-loaded from.
+How: a stand-in (`robopolicy.policy.accel.standin`) takes each camera encoder's place; it runs
+one inductor graph of a bf16, channels_last copy of the trunk followed by the fp32 keypoint pooling
+and projection. The encoder's own fp32 weights are what the stand-in holds under their names, so a
+compiled policy still saves the checkpoint it was loaded from.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 import torch._inductor.config as inductor_config
 
 from robopolicy.errors import ConfigError
+from robopolicy.policy.accel.standin import StandIn
 from robopolicy.policy.encoders.vision import CameraEncoder
 from robopolicy.system import cpu_supports_bf16
 
@@ -43,8 +44,8 @@ class _Bf16Camera(torch.nn.Module):
         return self.project(self.pool(features))
 
 
-class Bf16TrunkForward:
-    """What a camera encoder's `forward` becomes: trunk in bf16, keypoints and projection fp32, compiled.
+class Bf16Trunk:
+    """The bf16 graph of one camera encoder, compiled by inductor (not a module: its bf16 weights are a copy).
 
     Inductor fixes a kernel's thread count when it compiles it, so there is one compiled copy per
     `torch.get_num_threads()` (made on first use: the deployment runtime's cap, which leaves a core
@@ -52,12 +53,11 @@ class Bf16TrunkForward:
     """
 
     def __init__(self, encoder: CameraEncoder, crop_hw: tuple[int, int]):
-        self.encoder = encoder
         self.eager = _Bf16Camera(encoder)
         self.compiled: dict[int, torch.nn.Module] | None = {}
         try:  # compile now, not in the first chunk
-            self.run(torch.zeros(1, 3, *crop_hw),
-                     None if encoder.film is None else torch.zeros(1, encoder.film.map.in_features))
+            self(torch.zeros(1, 3, *crop_hw),
+                 None if encoder.film is None else torch.zeros(1, encoder.film.map.in_features))
         except Exception as err:  # noqa: BLE001 - inductor needs a working C++ toolchain
             warnings.warn(f"inductor could not compile the bf16 camera encoder ({type(err).__name__}: {err});"
                           " it runs in eager bf16", stacklevel=3)
@@ -71,19 +71,22 @@ class Bf16TrunkForward:
             self.compiled[threads] = torch.compile(copy.deepcopy(self.eager), dynamic=False)
         return self.compiled[threads]
 
-    def run(self, images: torch.Tensor, instruction: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, instruction: torch.Tensor | None = None) -> torch.Tensor:
         inputs = (images,) if instruction is None else (images, instruction)
         with torch.no_grad(), inductor_config.patch(freezing=True):
             return self.module()(*inputs)
 
-    def __call__(self, images: torch.Tensor, instruction: torch.Tensor | None = None) -> torch.Tensor:
-        if self.encoder.training:
-            raise ConfigError("the camera encoder was compiled for inference with a bf16 trunk; it cannot train")
-        return self.run(images, instruction)
 
+class Bf16CameraEncoder(StandIn):
+    """A camera encoder whose trunk runs in bf16 (see the module's docstring)."""
 
-def compile_camera_encoder_bf16(encoder: CameraEncoder, crop_hw: tuple[int, int]) -> None:
-    if not cpu_supports_bf16():
-        raise ConfigError("vision_bf16 needs a CPU with AVX512-BF16 or AMX (this one has neither; without them"
-                          " bf16 convolutions are slower than fp32): compile without it")
-    encoder.forward = Bf16TrunkForward(encoder, crop_hw)
+    def __init__(self, encoder: CameraEncoder, crop_hw: tuple[int, int]):
+        if not cpu_supports_bf16():
+            raise ConfigError("vision_bf16 needs a CPU with AVX512-BF16 or AMX (this one has neither; without them"
+                              " bf16 convolutions are slower than fp32): compile without it")
+        super().__init__(encoder, "camera encoder", "a bf16 trunk")
+        self.trunk_bf16 = Bf16Trunk(encoder, crop_hw)
+
+    def forward(self, images: torch.Tensor, instruction: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_inference()
+        return self.trunk_bf16(images, instruction)

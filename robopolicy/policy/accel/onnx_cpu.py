@@ -15,9 +15,10 @@ inferred, so the graph needs no Shape node per normalization (~10% of a U-Net st
 batch 1 the U-Net runs on one thread (`SessionCall`).
 
 How: each network is exported once with `torch.onnx.export` (the dynamo exporter, batch axis
-dynamic) and its module's `forward` is replaced, on that instance only, by a call into an ONNX
-Runtime session. Parameter names, `state_dict`, `prepare` and everything around the networks —
-normalization, cropping, the text encoder, schedulers, prefixes — stay in PyTorch and unchanged,
+dynamic) from an export-time copy carrying the rewrites above, and a stand-in module
+(`robopolicy.policy.accel.standin`) takes its place in the policy: same parameters under the same
+names, `forward` a call into an ONNX Runtime session. Everything around the networks —
+normalization, cropping, the text encoder, schedulers, prefixes — stays in PyTorch and unchanged,
 so a compiled policy returns the same chunks as the eager one (to float32 rounding, ~1e-6).
 Networks exported: every camera encoder (ResNet-18 or the small CNN, with keypoints and projection)
 and the U-Net denoiser. The transformer denoiser, ACT's transformers and VLM backbones stay in
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -37,9 +38,13 @@ from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
 from robopolicy.errors import ConfigError
+from robopolicy.policy.accel.standin import StandIn, swap_modules
 from robopolicy.policy.encoders.base import Conditioning
-from robopolicy.policy.encoders.vision import CameraEncoder, VisionEncoder
-from robopolicy.policy.heads.unet import PreparedFiLM, UNet1D
+from robopolicy.policy.encoders.vision import CameraEncoder
+from robopolicy.policy.heads.unet import FiLMResidualBlock, PreparedFiLM, UNet1D
+
+if TYPE_CHECKING:
+    from robopolicy.policy.policy import Policy
 
 INSTALL_HINT = "pip install 'robopolicy[onnx]'"
 # U-Net batches up to this size run on one thread (SessionCall): batch 1 and 2 measured faster so
@@ -145,18 +150,27 @@ class _GroupNormStaticShape(nn.Module):
         return y
 
 
+class _FiLMBlockOn2d(nn.Module):
+    """A U-Net residual block for signals laid out as (B, C, 1, H): its FiLM broadcast over both trailing axes."""
+
+    def __init__(self, block: FiLMResidualBlock):
+        super().__init__()
+        self.first, self.second, self.film, self.skip = block.first, block.second, block.film, block.skip
+
+    def forward(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        scale, shift = film[:, :, None, None].chunk(2, dim=1)
+        return self.second(self.first(x) * scale + shift) + self.skip(x)
+
+
 def _for_export(module: nn.Module) -> nn.Module:
     """A copy of `module` with the export-time rewrites above (the copy is only exported).
 
-    Its 1-D convolutions take (B, C, 1, H) signals afterwards (see `_UNetSteps`).
+    Its 1-D convolutions and U-Net blocks take (B, C, 1, H) signals afterwards (see `_UNetSteps`).
     """
     module = copy.deepcopy(module)
-    for parent in list(module.modules()):
-        for name, child in parent.named_children():
-            if isinstance(child, (nn.Conv1d, nn.ConvTranspose1d)):
-                setattr(parent, name, _conv1d_as_2d(child))
-            elif isinstance(child, nn.GroupNorm):
-                setattr(parent, name, _GroupNormStaticShape(child))
+    swap_modules(module, FiLMResidualBlock, _FiLMBlockOn2d)  # first: it keeps the block's layers, swapped next
+    swap_modules(module, (nn.Conv1d, nn.ConvTranspose1d), _conv1d_as_2d)
+    swap_modules(module, nn.GroupNorm, _GroupNormStaticShape)
     return module
 
 
@@ -169,76 +183,75 @@ class _UNetSteps(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, observation: torch.Tensor) -> torch.Tensor:
         pooled = observation.new_zeros(x.shape[0], 1)  # only its dtype is read when `prepared` is given
-        prepared = PreparedFiLM(observation, self.net)  # its stacked time weights: folded into the graph
-        films = self.net.films(t, Conditioning(tokens=pooled[:, None], pooled=pooled), prepared)
+        time_weight = torch.cat([f.weight[:, :self.net.time_dim] for f in self.net.film_layers()])  # folded in
+        films = self.net.films(t, Conditioning(tokens=pooled[:, None], pooled=pooled),
+                               PreparedFiLM(observation, time_weight))
         # (B, H, A) -> (B, A, 1, H) once, for the 2-D convolutions (see `_for_export`)
         h = self.net.denoise(x.transpose(1, 2).unsqueeze(2), films)
         return h.squeeze(2).transpose(1, 2)
 
 
-class OnnxForward:
-    """What a compiled module's `forward` becomes: its inputs through one ONNX Runtime session."""
+class OnnxUNet(StandIn):
+    """A U-Net denoiser whose steps run in ONNX Runtime; `prepare` stacks the FiLMs' observation halves once."""
 
-    def __init__(self, module: nn.Module, name: str, model: bytes, adapt, serial_up_to: int = 0):
-        self.module, self.name, self.adapt = module, name, adapt
-        self.call = SessionCall(model, serial_up_to)
+    def __init__(self, net: UNet1D, horizon: int, action_dim: int):
+        super().__init__(net, "U-Net denoiser", "ONNX Runtime")
+        layers = net.film_layers()
+        # the weights are frozen from here on: the observation halves of all FiLMs in one product
+        self.film_observation = (torch.cat([f.weight[:, net.time_dim:] for f in layers]).detach(),
+                                             torch.cat([f.bias for f in layers]).detach())
+        pooled = next(net.parameters()).new_zeros(1, layers[0].in_features - net.time_dim)
+        with torch.no_grad():
+            observation = self.prepare(Conditioning(tokens=pooled[:, None], pooled=pooled)).observation
+        # batch 2, not 1: the exporter would fix an axis of size 1 as a constant
+        example = (torch.zeros(2, horizon, action_dim), torch.full((2,), 500.0), observation.expand(2, -1).contiguous())
+        self.call = SessionCall(export_model(_UNetSteps(_for_export(net)).eval(), example),
+                                serial_up_to=UNET_SERIAL_BATCH)
 
-    def __call__(self, *args, **kwargs) -> torch.Tensor:
-        if self.module.training:
-            raise ConfigError(f"the {self.name} was compiled for inference with ONNX Runtime; it cannot train")
-        return self.call(*self.adapt(*args, **kwargs))
+    def prepare(self, cond: Conditioning) -> PreparedFiLM:
+        weight, bias = self.film_observation
+        return PreparedFiLM(F.linear(F.mish(cond.pooled), weight, bias), time_weight=None)  # time: in the graph
 
-
-def compile_unet(net: UNet1D, horizon: int, action_dim: int) -> None:
-    """Route `net.forward` through ONNX Runtime; `net.prepare` gets the FiLM weights stacked once."""
-    pooled = next(net.parameters()).new_zeros(1, net.film_layers()[0].in_features - net.time_dim)
-    with torch.no_grad():
-        prepared = net.prepare(Conditioning(tokens=pooled[:, None], pooled=pooled))
-    # batch 2, not 1: the exporter would fix an axis of size 1 as a constant
-    example = (torch.zeros(2, horizon, action_dim), torch.full((2,), 500.0),
-               prepared.observation.expand(2, -1).contiguous())
-    model = export_model(_UNetSteps(_for_export(net)).eval(), example)
-
-    def adapt(x: torch.Tensor, t: torch.Tensor, cond: Conditioning, prepared: PreparedFiLM | None = None):
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
+                prepared: PreparedFiLM | None = None) -> torch.Tensor:
+        self.check_inference()
         if prepared is None:
-            prepared = net.prepare(cond)
-        return x, t.to(torch.float32).reshape(-1).expand(x.shape[0]), prepared.observation
-
-    net.forward = OnnxForward(net, "U-Net denoiser", model, adapt, serial_up_to=UNET_SERIAL_BATCH)
-    # the weights are frozen from here on: the observation halves of all FiLMs in one product
-    weight, bias = (w.detach() for w in net.film_observation_weights())
-    net.prepare = lambda cond: PreparedFiLM(F.linear(F.mish(cond.pooled), weight, bias), net)
+            prepared = self.prepare(cond)
+        return self.call(x, t.to(torch.float32).reshape(-1).expand(x.shape[0]), prepared.observation)
 
 
-def compile_camera_encoder(encoder: CameraEncoder, crop_hw: tuple[int, int]) -> None:
-    """Route one camera encoder (trunk + keypoints + projection, + its instruction FiLM) through ONNX Runtime."""
-    example = (torch.rand(2, 3, *crop_hw),)
-    if encoder.film is not None:
-        example += (torch.rand(2, encoder.film.map.in_features),)
-    model = export_model(_for_export(encoder).eval(), example)
-    encoder.forward = OnnxForward(encoder, "camera encoder", model, lambda *inputs: inputs)
+class OnnxCameraEncoder(StandIn):
+    """A camera encoder (trunk + keypoints + projection, + its instruction FiLM) run by ONNX Runtime."""
+
+    def __init__(self, encoder: CameraEncoder, crop_hw: tuple[int, int]):
+        super().__init__(encoder, "camera encoder", "ONNX Runtime")
+        example = (torch.rand(2, 3, *crop_hw),)
+        if encoder.film is not None:
+            example += (torch.rand(2, encoder.film.map.in_features),)
+        self.call = SessionCall(export_model(_for_export(encoder).eval(), example))
+
+    def forward(self, images: torch.Tensor, instruction: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_inference()
+        return self.call(images) if self.film is None else self.call(images, instruction)
 
 
-def compile_for_cpu(encoder: nn.Module, head: nn.Module, vision_bf16: bool = False) -> list[nn.Module]:
-    """Compile the networks of a policy (on the CPU) that ONNX Runtime speeds up; returns them.
+def compile_for_cpu(policy: "Policy", vision_bf16: bool = False) -> list[StandIn]:
+    """Put ONNX Runtime stand-ins in the place of the policy's camera encoders and U-Net; returns them.
 
-    With `vision_bf16` the camera trunks run in bf16 in PyTorch instead (robopolicy.policy.bf16_vision).
+    With `vision_bf16` the camera encoders get bf16 trunks in PyTorch instead (robopolicy.policy.accel.bf16_vision).
     """
-    compiled = []
-    vision = getattr(encoder, "vision", None)
-    if isinstance(vision, VisionEncoder):
-        for camera in vision.camera_encoders():
-            if vision_bf16:
-                from robopolicy.policy.bf16_vision import compile_camera_encoder_bf16
+    vision = policy.encoder.vision
+    cameras: list[StandIn] = []
+    if vision is not None:
+        if vision_bf16:
+            from robopolicy.policy.accel.bf16_vision import Bf16CameraEncoder
 
-                compile_camera_encoder_bf16(camera, vision.crop_hw)
-            else:
-                _require_onnxruntime()
-                compile_camera_encoder(camera, vision.crop_hw)
-            compiled.append(camera)
-    denoiser = getattr(head, "denoiser", None)
-    if isinstance(denoiser, UNet1D):
+            cameras = swap_modules(vision, CameraEncoder, lambda c: Bf16CameraEncoder(c, vision.crop_hw))
+        elif any(isinstance(m, CameraEncoder) for m in vision.modules()):
+            _require_onnxruntime()
+            cameras = swap_modules(vision, CameraEncoder, lambda c: OnnxCameraEncoder(c, vision.crop_hw))
+    head = policy.head
+    if any(isinstance(m, UNet1D) for m in head.modules()):
         _require_onnxruntime()
-        compile_unet(denoiser, head.horizon, head.action_dim)
-        compiled.append(denoiser)
-    return compiled
+        return cameras + swap_modules(head, UNet1D, lambda net: OnnxUNet(net, head.horizon, head.action_dim))
+    return cameras

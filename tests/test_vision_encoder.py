@@ -1,0 +1,41 @@
+"""Camera encoders: the backbones a config can name, and FiLM conditioning on the instruction."""
+
+import pytest
+import torch
+
+from policy_helpers import dataset, observation, small_config  # noqa: F401,F811  (dataset: a fixture)
+from robopolicy.errors import ConfigError
+from robopolicy.policy.config import EncoderConfig
+from robopolicy.policy.policy import Policy
+
+
+def test_cameras_conditioned_on_the_instruction_see_it(dataset):
+    """vision.language_film: what the keypoints report depends on the instruction, and it trains."""
+    import dataclasses
+
+    from robopolicy.policy.encoders.observation import ObservationEncoder
+
+    with pytest.raises(ConfigError, match="language_film .* needs encoder.language: true"):
+        from robopolicy.structs import from_dict
+        from_dict(EncoderConfig, {"vision": {"language_film": True}}, "policy.encoder")
+    torch.manual_seed(0)
+    policy = Policy.from_dataset(small_config("flow", encoder={"language": True}), dataset)
+    policy.config.encoder.vision.language_film = True
+    tasks = ["put the red cube in the bowl", "put the blue cube in the bowl"]
+    spec = dataclasses.replace(policy.spec, tasks=tasks)
+    encoder = ObservationEncoder(spec).eval()
+    camera = encoder.vision.camera_encoders()[0]
+    batch = policy.normalizer.normalize_batch(policy.observation_batch(observation(dataset, 100, 2)))
+
+    def camera_tokens(task):
+        with torch.no_grad():
+            return encoder({**batch, "task": [task]}).tokens[:, [0, 1, 3, 4]]  # per step: 2 cameras, the state
+
+    # the scale/shift map starts at zero: the encoder begins as the unconditioned one
+    assert torch.equal(camera_tokens(tasks[0]), camera_tokens(tasks[1]))
+    torch.nn.init.normal_(camera.film.map.weight, std=0.1)
+    red, blue = camera_tokens(tasks[0]), camera_tokens(tasks[1])
+    assert (red - blue).abs().max() > 1e-3  # what the cameras report depends on what is asked
+    encoder.train()
+    encoder({**batch, "task": tasks[:1]}).tokens.sum().backward()
+    assert camera.film.map.weight.grad.abs().sum() > 0  # and it trains
