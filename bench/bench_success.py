@@ -70,12 +70,15 @@ def save(name: str, record: dict) -> dict:
     return record
 
 
-def evaluate_run(run_dir: Path, env: str | None, trained_on: str) -> dict:
-    """Score RUN/checkpoints/last here; training steps and time come from the run's own files."""
+def evaluate_run(run_dir: Path, env: str | None, trained_on: str, overrides: list[str] = ()) -> dict:
+    """Score RUN/checkpoints/last here; training steps and time come from the run's own files.
+
+    `overrides` (eval.* settings) apply on top of the run's config, e.g. the evaluation seeds of a run
+    that was trained and first scored on validation seeds."""
     from robopolicy.config import load_config
     from robopolicy.evaluate.evaluator import evaluate
 
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / "config.yaml", list(overrides))
     env = env or cfg.eval.env
     checkpoint = run_dir / "checkpoints" / "last"
     steps, seconds = trained_steps_and_seconds(run_dir, checkpoint, cfg.train.batch_size)
@@ -83,7 +86,8 @@ def evaluate_run(run_dir: Path, env: str | None, trained_on: str) -> dict:
     record = record_of(s, train_steps=steps, train_seconds=seconds, collect_seconds=None,
                        eval_seconds=s["timing"]["wall_s"], config=str(run_dir / "config.yaml"), overrides=[],
                        trained_on=trained_on,
-                       command=f"python bench/bench_success.py --evaluate {run_dir} --env {env} --trained-on '{trained_on}'")
+                       command=f"python bench/bench_success.py --evaluate {run_dir} --env {env} --trained-on '{trained_on}'"
+                       + "".join(f" --set {o}" for o in overrides))
     return save(run_dir.name, record)
 
 
@@ -141,7 +145,7 @@ def main() -> None:
         print(table())
         return
     if args.evaluate:
-        print(json.dumps(evaluate_run(args.evaluate, args.env, args.trained_on)), flush=True)
+        print(json.dumps(evaluate_run(args.evaluate, args.env, args.trained_on, args.set)), flush=True)
         return
     for config in args.configs:
         record = run(config, args.set, dagger=args.dagger, resume=args.resume)
