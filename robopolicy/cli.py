@@ -196,6 +196,21 @@ def cmd_dagger(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from robopolicy.rl.finetune import finetune, load_finetune_config
+
+    overrides = list(args.overrides)
+    for flag, key in ((args.checkpoint, "checkpoint"), (args.env, "env"), (args.iterations, "iterations")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    out = finetune(load_finetune_config(args.config, overrides), resume=args.resume)
+    after = out["success_after"]
+    print(f"success on {out['episodes']} evaluation seeds: {out['success_before']:.1%} before ->"
+          f" {after:.1%} after" if after is not None else "")
+    print(f"fine-tuned policy: {out['fine_tuned']}  ({out['env_steps']} env steps, {out['wall_seconds'] / 60:.1f} min)")
+    return 0
+
+
 def _key_values(items: list[str] | None) -> dict:
     import yaml
 
@@ -372,6 +387,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue a killed run, keeping its finished rounds")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     p.set_defaults(func=cmd_dagger)
+
+    p = verbs.add_parser("finetune", help="RL fine-tuning (PPO over the denoising chain) of a flow or diffusion policy")
+    p.add_argument("--checkpoint", default=None, help="the behaviour-cloned policy to start from")
+    p.add_argument("--env", default=None, help="registered env (default: the one the checkpoint's run evaluated on)")
+    p.add_argument("--config", type=Path, default=None, help="finetune YAML (robopolicy.rl.config)")
+    p.add_argument("--iterations", type=int, default=None, help="rollout + update rounds")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    p.set_defaults(func=cmd_finetune)
 
     p = verbs.add_parser("deploy", help="drive a robot (simulated or real) with a policy at a fixed rate")
     p.add_argument("--checkpoint", default=None, help="local policy checkpoint folder")

@@ -115,16 +115,17 @@ def apply_override(data: dict, override: str) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> ExperimentConfig:
+                base: dict[str, Any] | None = None, schema: type = ExperimentConfig):
+    """A typed config (`schema`, an experiment's by default) from YAML `path`, then dotted `overrides`."""
     data: dict = dict(base or {})
     if path is not None:
         data = _merge(data, read_yaml(path))
     for override in overrides or []:
         apply_override(data, override)
-    return from_dict(ExperimentConfig, data)
+    return from_dict(schema, data)
 
 
-def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+def save_config(cfg, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 

@@ -36,7 +36,7 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
-def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -49,7 +49,7 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         index, name = key.split(".", 1)
@@ -75,7 +75,7 @@ def save_checkpoint(run_dir: Path, step: int, policy, ema, optimizer, scheduler,
         state_dir = tmp / STATE_DIR
         state_dir.mkdir()
         save_file(raw, str(state_dir / "raw_model.safetensors"))
-        tensors, meta = _flatten_optimizer(optimizer)
+        tensors, meta = flatten_optimizer(optimizer)
         save_file(tensors, str(state_dir / "optimizer.safetensors"))
         (state_dir / "optimizer.json").write_text(json.dumps(meta))
         ema_meta = None
@@ -105,7 +105,7 @@ def load_training_state(checkpoint: Path, policy, ema, optimizer, scheduler, ran
         state = json.loads((state_dir / "state.json").read_text())
         raw = load_file(str(state_dir / "raw_model.safetensors"))
         policy.load_state_dict(raw, strict=True)
-        optimizer.load_state_dict(_unflatten_optimizer(load_file(str(state_dir / "optimizer.safetensors")),
+        optimizer.load_state_dict(unflatten_optimizer(load_file(str(state_dir / "optimizer.safetensors")),
                                                        json.loads((state_dir / "optimizer.json").read_text())))
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None and state.get("ema") is not None:

@@ -1,0 +1,191 @@
+"""Stochastic denoising chains with exact likelihoods: what policy-gradient RL needs from a generative head.
+
+A flow or diffusion policy samples a chunk by a deterministic (or nearly so) chain of denoising
+steps, whose output has no tractable likelihood. Making every step a Gaussian transition turns the
+chain x_0 -> x_1 -> ... -> x_K into a Markov process whose joint density is a product of Gaussians,
+so PPO can weigh a sampled chunk by log pi(chain | o) = sum_k log N(x_{k+1}; mu_k, diag sigma_k^2).
+
+Flow (ReinFlow, Zhang et al. 2025): mu_k = x_k - dt * v(x_k, t_k | o), the Euler step of the
+trained velocity field, t_k = 1 - k/K, and sigma_k = sigma(x_k, t_k, o) from a small noise network,
+bounded in [std_min, std_max] so that exploration never vanishes nor drowns the policy.
+
+Diffusion (after DPPO, Ren et al. 2024): mu_k is the deterministic DDIM step from noise level
+tau_k to tau_{k+1}, exactly the head's own DDIM sampler (the clean-chunk estimate clipped to the
+action range when the head clips, re-noised to the next level), and sigma_k the same bounded noise
+network.
+
+`x_0` is standard normal and does not depend on the parameters, so it is left out of the
+likelihood. Means are clipped to [-clip, clip] (the normalized action range, with a margin), as both
+papers do, so a chain cannot run away from where the policy was trained. The noise network is for
+training only: a fine-tuned checkpoint samples with its head's ordinary deterministic sampler.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from robopolicy.policy.encoders.base import Conditioning
+from robopolicy.policy.heads.common import ActionHead, SinusoidalEmbedding
+from robopolicy.policy.heads.diffusion import DiffusionHead
+from robopolicy.policy.heads.flow import TIME_SCALE, FlowHead
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class NoiseNet(nn.Module):
+    """(x_k, t_k, pooled observation) -> per-element standard deviation in [std_min, std_max].
+
+    The last layer starts at zero: every standard deviation starts at the middle of its range.
+    """
+
+    def __init__(self, horizon: int, action_dim: int, pooled_dim: int, std_min: float, std_max: float,
+                 hidden: int = 256, time_dim: int = 32):
+        super().__init__()
+        if not 0 < std_min <= std_max:
+            raise ValueError(f"noise bounds need 0 < std_min <= std_max, got {std_min}, {std_max}")
+        self.std_min, self.std_max = std_min, std_max
+        self.time = SinusoidalEmbedding(time_dim)
+        self.net = nn.Sequential(nn.Linear(horizon * action_dim + time_dim + pooled_dim, hidden), nn.Mish(),
+                                 nn.Linear(hidden, hidden), nn.Mish(), nn.Linear(hidden, horizon * action_dim))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        inputs = torch.cat([x.flatten(1), self.time(t * TIME_SCALE), pooled], dim=-1)
+        unit = torch.sigmoid(self.net(inputs)).view_as(x)
+        return self.std_min + (self.std_max - self.std_min) * unit
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, diag std^2) summed over every axis but the first: (B,)."""
+    z = (x - mean) / std
+    return (-0.5 * z.pow(2) - std.log() - LOG_SQRT_2PI).flatten(1).sum(-1)
+
+
+class StochasticChain(nn.Module):
+    """A head's denoising chain with Gaussian transitions (see the module docstring).
+
+    Subclasses give `transition(x_k, k, cond, prepared) -> (mean, velocity-or-denoiser output)`; the
+    noise network gives the standard deviation.
+    """
+
+    def __init__(self, head: ActionHead, steps: int, pooled_dim: int, std_min: float, std_max: float,
+                 clip: float = 1.0):
+        super().__init__()
+        if steps < 1:
+            raise ValueError(f"a denoising chain needs >= 1 step, got {steps}")
+        self.head, self.steps, self.clip = head, steps, clip
+        self.noise = NoiseNet(head.horizon, head.action_dim, pooled_dim, std_min, std_max)
+
+    def level(self, k: int) -> float:
+        """The noise level of x_k in [0, 1] (1: pure noise), the noise network's time input."""
+        return 1.0 - k / self.steps
+
+    def mean(self, x: torch.Tensor, k: int, cond: Conditioning, prepared) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean of x_{k+1}, the network's raw output at x_k)."""
+        raise NotImplementedError
+
+    def step(self, x: torch.Tensor, k: int, cond: Conditioning, prepared) -> tuple[torch.Tensor, ...]:
+        mean, out = self.mean(x, k, cond, prepared)
+        t = torch.full((x.shape[0],), self.level(k), device=x.device)
+        return mean.clamp(-self.clip, self.clip), self.noise(x, t, cond.pooled), out
+
+    @torch.no_grad()
+    def sample(self, cond: Conditioning, generator: torch.Generator | None = None,
+               noise: torch.Tensor | None = None) -> torch.Tensor:
+        """A chain (B, K + 1, H, A) in normalized action units; its last element is the chunk.
+
+        `noise` (B, K + 1, H, A), standard normal, replaces the draws from `generator`: the start
+        and every transition's standardized noise (so a batch and its rows one by one agree).
+        """
+        b, device = cond.batch_size, cond.pooled.device
+        shape = (b, self.steps + 1, self.head.horizon, self.head.action_dim)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device=device)
+        elif noise.shape != shape:
+            raise ValueError(f"noise must have shape {tuple(shape)}, got {tuple(noise.shape)}")
+        x = noise[:, 0]
+        chain = [x]
+        prepared = self.head.denoiser.prepare(cond)
+        for k in range(self.steps):
+            mean, std, _ = self.step(x, k, cond, prepared)
+            x = mean + std * noise[:, k + 1]
+            chain.append(x)
+        return torch.stack(chain, dim=1)
+
+    def log_prob(self, cond: Conditioning, chain: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-transition log-likelihoods (B, K) of `chain` under the current parameters, with the
+        mean log standard deviation (B,) (the entropy's parameter-dependent part) and the network's
+        outputs (B, K, H, A) (for a regularizer toward the starting policy)."""
+        prepared = self.head.denoiser.prepare(cond)
+        log_probs, log_stds, outs = [], [], []
+        for k in range(self.steps):
+            mean, std, out = self.step(chain[:, k], k, cond, prepared)
+            log_probs.append(gaussian_log_prob(chain[:, k + 1], mean, std))
+            log_stds.append(std.log().flatten(1).mean(-1))
+            outs.append(out)
+        return {"log_prob": torch.stack(log_probs, dim=1), "log_std": torch.stack(log_stds, dim=1).mean(-1),
+                "outputs": torch.stack(outs, dim=1)}
+
+    def network_outputs(self, cond: Conditioning, chain: torch.Tensor) -> torch.Tensor:
+        """The head network's outputs (B, K, H, A) along `chain` (for the starting policy's copy)."""
+        prepared = self.head.denoiser.prepare(cond)
+        return torch.stack([self.mean(chain[:, k], k, cond, prepared)[1] for k in range(self.steps)], dim=1)
+
+
+class FlowChain(StochasticChain):
+    """ReinFlow: Euler steps of the velocity field plus learned, bounded Gaussian noise."""
+
+    head: FlowHead
+
+    def mean(self, x, k, cond, prepared):
+        t = self.level(k)
+        time = torch.full((x.shape[0],), t * TIME_SCALE, device=x.device)
+        v = self.head.denoiser(x, time, cond, prepared=prepared).float()
+        return x - v / self.steps, v
+
+
+class DiffusionChain(StochasticChain):
+    """A DDIM chain (eta = 0 means) from the head's training schedule, plus learned, bounded noise."""
+
+    head: DiffusionHead
+
+    def __init__(self, head: DiffusionHead, steps: int, pooled_dim: int, std_min: float, std_max: float,
+                 clip: float = 1.0):
+        super().__init__(head, steps, pooled_dim, std_min, std_max, clip)
+        train_steps = head.cfg.num_train_timesteps
+        # timesteps spaced as DDIM's "leading" spacing: train_steps / K apart, from high to low
+        stride = train_steps // steps
+        timesteps = torch.arange(steps - 1, -1, -1) * stride
+        alphas = head.noise_scheduler.alphas_cumprod.float()
+        self.register_buffer("timesteps", timesteps, persistent=False)
+        self.register_buffer("alpha", alphas[timesteps], persistent=False)
+        nxt = torch.cat([alphas[timesteps[1:]], torch.ones(1)])  # after the last step: clean
+        self.register_buffer("alpha_next", nxt, persistent=False)
+
+    def mean(self, x, k, cond, prepared):
+        b = x.shape[0]
+        out = self.head.denoiser(x, self.timesteps[k].expand(b), cond, prepared=prepared).float()
+        a, a_next = self.alpha[k], self.alpha_next[k]
+        if self.head.cfg.prediction_type == "epsilon":
+            eps, clean = out, (x - (1 - a).sqrt() * out) / a.sqrt()
+        else:
+            eps, clean = (x - a.sqrt() * out) / (1 - a).sqrt(), out
+        if self.head.cfg.clip_sample:  # as the head's DDIM sampler: the clean estimate clipped, not the noise
+            clean = clean.clamp(-1.0, 1.0)
+        return a_next.sqrt() * clean + (1 - a_next).sqrt() * eps, out
+
+
+CHAINS: dict[type, type[StochasticChain]] = {FlowHead: FlowChain, DiffusionHead: DiffusionChain}
+
+
+def make_chain(head: ActionHead, steps: int, pooled_dim: int, std_min: float, std_max: float,
+               clip: float = 1.0) -> StochasticChain:
+    """The stochastic chain of a flow or diffusion head (ACT has no denoising chain to fine-tune)."""
+    kind = CHAINS.get(type(head))
+    if kind is None:
+        raise TypeError(f"RL fine-tuning needs a flow or diffusion head (a denoising chain), not {type(head).__name__}")
+    return kind(head, steps, pooled_dim, std_min, std_max, clip)

@@ -1,0 +1,69 @@
+"""`robopolicy finetune` settings: YAML + dotted overrides, typed and strict like experiment configs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from robopolicy.evaluate.config import EvalConfig
+from robopolicy.train.config import WandbConfig
+
+
+@dataclass
+class PPOConfig:
+    """PPO over the denoising chain. An environment step of the RL problem is one chunk decision
+    (`n_action_steps` env steps); its reward is the env's success (1 once, then the episode ends)."""
+
+    gamma: float = 0.99  # per decision
+    gae_lambda: float = 0.95
+    epochs: int = 4  # passes over each iteration's rollouts
+    minibatch_size: int = 256
+    clip: float = 0.2  # ratio clipping
+    target_kl: float | None = 0.05  # stop an iteration's epochs once the approximate KL exceeds it
+    actor_lr: float = 1e-5  # the policy's own networks (encoder, velocity / noise predictor)
+    noise_lr: float = 3e-4  # the exploration-noise network
+    critic_lr: float = 1e-3
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0  # bonus on the chain's mean log standard deviation
+    bc_coef: float = 0.0  # pull the network's outputs along the chain toward the starting policy's
+    max_grad_norm: float = 1.0
+    logprob_per_dimension: bool = True  # ratios from the mean log-likelihood per chain element, not the sum
+    critic_warmup_iterations: int = 0  # iterations that train the value network only
+
+    def __post_init__(self):
+        if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
+            raise ValueError("ppo.gamma must be in (0, 1] and ppo.gae_lambda in [0, 1]")
+        if self.epochs < 1 or self.minibatch_size < 1 or self.clip <= 0:
+            raise ValueError("ppo.epochs and ppo.minibatch_size must be >= 1 and ppo.clip > 0")
+
+
+@dataclass
+class FinetuneConfig:
+    name: str = "finetune"
+    output_dir: str = "runs"  # the run folder is <output_dir>/<name>
+    checkpoint: str | None = None  # the behaviour-cloned policy to start from (a checkpoint folder)
+    env: str | None = None  # None: the env the checkpoint's run evaluated on
+    iterations: int = 100  # rollout + update rounds
+    envs: int = 8  # parallel envs; each runs one episode per iteration
+    workers: int = 2  # rollout worker processes (0: envs in this process)
+    seed: int = 400_000  # rollout seeds: disjoint from demonstrations, evaluation (100000+), validation, DAgger
+    denoising_steps: int = 4  # chain length K; the fine-tuned policy samples with K deterministic steps
+    std_min: float = 0.05  # exploration noise bounds, in normalized action units ([-1, 1] = the data's range)
+    std_max: float = 0.20
+    reward: Literal["success", "env"] = "success"  # or the env's own (possibly shaped) reward, summed per chunk
+    max_steps: int | None = None  # episode step limit; None = the env's default (as in evaluation)
+    num_threads: int | None = None  # torch threads in this process (None: torch's default)
+    eval_every: int = 10  # evaluate on eval.seed... every N iterations (0: only before and after)
+    save_every: int = 1  # checkpoint every N iterations (resume starts from the last one)
+    progress: bool = True  # a progress bar (success rate, return, KL, noise level)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(episodes=50, workers=2, videos=0))
+
+    def __post_init__(self):
+        if self.iterations < 1 or self.envs < 1 or self.workers < 0:
+            raise ValueError("iterations and envs must be >= 1, workers >= 0")
+        if self.denoising_steps < 1:
+            raise ValueError(f"denoising_steps must be >= 1, got {self.denoising_steps}")
+        if not 0 < self.std_min <= self.std_max:
+            raise ValueError(f"need 0 < std_min <= std_max, got {self.std_min}, {self.std_max}")

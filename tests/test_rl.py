@@ -1,0 +1,168 @@
+"""RL fine-tuning: exact chain likelihoods, PPO's starting ratio, batched = one-by-one, resumable runs."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from robopolicy.policy.policy import Policy
+from robopolicy.rl.chain import make_chain
+from robopolicy.rl.config import FinetuneConfig, PPOConfig
+from robopolicy.rl.finetune import Learner, finetune, load_finetune_config
+from robopolicy.rl.vector import ChunkEnvs
+
+TOY = "test/reach"  # tests/plugins/toy_env.py
+
+
+def toy_windows(policy, n, seed=0):
+    """`n` observation windows of the toy env after a few random steps (distinct states)."""
+    with ChunkEnvs(TOY, n, policy.config.n_obs_steps, workers=0) as envs:
+        windows = envs.reset({i: seed + i for i in range(n)})
+        rng = np.random.default_rng(seed)
+        results = envs.step({i: rng.uniform(-1, 1, (3, 1)).astype(np.float32) for i in range(n)})
+    return [results[i].window for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def toy_policy(toy_checkpoint):
+    return Policy.load(toy_checkpoint)
+
+
+def test_flow_chain_log_prob_is_the_gaussian_density_of_each_euler_step(toy_policy):
+    policy = toy_policy
+    chain = make_chain(policy.head, 4, policy.encoder.pooled_dim, 0.05, 0.2)
+    torch.nn.init.normal_(chain.noise.net[-1].weight, std=0.5)  # state-dependent noise, not the initial constant
+    with torch.no_grad():
+        cond = policy.encode(policy.observation_batches(toy_windows(policy, 3)))
+        chains = chain.sample(cond, torch.Generator().manual_seed(0))
+        got = chain.log_prob(cond, chains)["log_prob"]
+    assert got.shape == (3, 4)
+    for k in range(4):
+        x, t = chains[:, k], 1.0 - k / 4
+        with torch.no_grad():
+            v = policy.head.denoiser(x, torch.full((3,), t * 1000.0), cond)  # the plain forward, nothing prepared
+            std = chain.noise(x, torch.full((3,), t), cond.pooled)
+        assert 0.05 <= float(std.min()) and float(std.max()) <= 0.2 and float(std.std()) > 0
+        mean = (x - v / 4).clamp(-1, 1)
+        direct = torch.distributions.Normal(mean, std).log_prob(chains[:, k + 1]).flatten(1).sum(-1)
+        torch.testing.assert_close(got[:, k], direct, atol=1e-3, rtol=1e-5)
+        z = (chains[:, k + 1] - mean) / std  # the transitions really are those Gaussians
+        assert abs(float(z.mean())) < 0.5 and 0.6 < float(z.std()) < 1.4
+
+
+def test_diffusion_chain_means_are_ddim_steps(tmp_path):
+    """Without noise the diffusion chain is the DDIM sampler the fine-tuned checkpoint evaluates with."""
+    from conftest import LIFT_VIDEO
+    from robopolicy.data.dataset import LeRobotDataset
+    from robopolicy.policy.config import EncoderConfig, PolicyConfig
+
+    cfg = PolicyConfig(head="diffusion", encoder=EncoderConfig(dim=32, cameras=[]))
+    cfg.denoiser.unet_dims = [32, 64]
+    policy = Policy.from_dataset(cfg, LeRobotDataset(LIFT_VIDEO)).eval()
+    chain = make_chain(policy.head, 5, policy.encoder.pooled_dim, 0.05, 0.2)
+    scheduler = DDIMScheduler.from_config(policy.head.noise_scheduler.config)
+    scheduler.set_timesteps(5)
+    assert scheduler.timesteps.tolist() == chain.timesteps.tolist()
+    batch = {"observation.state": torch.randn(2, 2, 9), "task": ["a", "a"]}
+    with torch.no_grad():
+        cond = policy.encoder(policy.normalizer.normalize_batch(batch))
+        x = torch.randn(2, cfg.horizon, 7) * 0.3
+        prepared = policy.head.denoiser.prepare(cond)
+        for k, t in enumerate(scheduler.timesteps):
+            out = policy.head.denoiser(x, t.expand(2), cond)
+            expected = scheduler.step(out, t, x).prev_sample
+            mean, _ = chain.mean(x, k, cond, prepared)
+            torch.testing.assert_close(mean, expected, atol=1e-4, rtol=1e-4)
+            x = expected
+
+
+def test_batched_decisions_equal_one_by_one(toy_policy):
+    """What the vectorized rollouts sample for many envs at once equals each env's own call."""
+    policy = toy_policy
+    chain = make_chain(policy.head, 4, policy.encoder.pooled_dim, 0.05, 0.2)
+    windows = toy_windows(policy, 5, seed=7)
+    noise = torch.randn(5, 5, policy.config.horizon, 1, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        batched = chain.sample(policy.encode(policy.observation_batches(windows)), noise=noise)
+        single = torch.cat([chain.sample(policy.encode(policy.observation_batches([w])), noise=noise[i:i + 1])
+                            for i, w in enumerate(windows)])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+
+
+def test_chunk_envs_in_workers_step_like_envs_in_process(toy_policy):
+    actions = {i: np.full((4, 1), 0.3 * (i - 1), np.float32) for i in range(3)}
+    outcomes = []
+    for workers in (0, 2):
+        with ChunkEnvs(TOY, 3, 2, workers=workers) as envs:
+            first = envs.reset({0: 5, 1: 6, 2: 7})
+            stepped = envs.step(actions)
+        outcomes.append((first, stepped))
+    (first0, step0), (first2, step2) = outcomes
+    for i in range(3):
+        np.testing.assert_array_equal(first0[i]["observation.state"], first2[i]["observation.state"])
+        np.testing.assert_array_equal(step0[i].window["observation.state"], step2[i].window["observation.state"])
+        assert step0[i].window["observation.state"].shape == (2, 2)  # the last two observations
+        assert (step0[i].steps, step0[i].success, step0[i].done) == (step2[i].steps, step2[i].success, step2[i].done)
+        assert step0[i].steps == 4 or step0[i].done  # a chunk runs to its end unless the episode ends
+    assert any(step0[i].steps == 4 for i in range(3))
+
+
+def test_ratio_is_one_at_the_start_of_an_update(toy_policy, toy_checkpoint):
+    policy = Policy.load(toy_checkpoint)
+    learner = Learner(policy, FinetuneConfig(checkpoint=str(toy_checkpoint), denoising_steps=3))
+    windows = toy_windows(policy, 4, seed=3)
+    chains, log_probs, _, _ = learner.act(windows, torch.Generator().manual_seed(0))
+    cond = policy.encode(policy.observation_batches(windows))
+    again = learner.chain.log_prob(cond, chains)["log_prob"].sum(-1)
+    torch.testing.assert_close(again.detach(), log_probs, atol=1e-4, rtol=1e-6)
+    assert torch.exp(again.detach() - log_probs).sub(1).abs().max() < 1e-4
+
+
+def test_act_policies_are_refused_clearly(tmp_path):
+    from robopolicy.errors import ConfigError
+
+    cfg = load_finetune_config(None, ["checkpoint=some/act"])
+    assert isinstance(cfg, FinetuneConfig) and isinstance(cfg.ppo, PPOConfig)
+    from conftest import LIFT_VIDEO
+    from robopolicy.data.dataset import LeRobotDataset
+    from robopolicy.policy.config import EncoderConfig, PolicyConfig
+
+    policy = Policy.from_dataset(PolicyConfig(head="act", encoder=EncoderConfig(dim=32, cameras=[])),
+                                 LeRobotDataset(LIFT_VIDEO))
+    with pytest.raises(ConfigError, match="needs a flow or diffusion head"):
+        Learner(policy, cfg)
+
+
+def _toy_finetune(root, toy_checkpoint, iterations, resume=False):
+    overrides = [f"checkpoint={toy_checkpoint}", f"env={TOY}", f"output_dir={root}", "name=ft",
+                 f"iterations={iterations}", "envs=3", "workers=1", "max_steps=30", "eval_every=0",
+                 "eval.episodes=3", "eval.workers=1", "progress=false", "ppo.minibatch_size=16", "ppo.epochs=2",
+                 "ppo.target_kl=null"]
+    return finetune(load_finetune_config(None, overrides), resume=resume)
+
+
+@pytest.mark.slow
+def test_finetune_writes_an_ordinary_checkpoint_and_resumes_bit_exactly(tmp_path, toy_checkpoint):
+    straight = _toy_finetune(tmp_path / "a", toy_checkpoint, 2)
+    assert straight["success_before"] is not None and straight["success_after"] is not None
+    assert straight["env_steps"] > 0
+    last = tmp_path / "a/ft/checkpoints/last"
+    tuned = Policy.load(last)  # an ordinary policy folder
+    assert tuned.config.flow.num_inference_steps == 4  # samples with the chain's K deterministic steps
+    start = Policy.load(toy_checkpoint)
+    changed = [k for k, v in tuned.state_dict().items() if not torch.equal(v, start.state_dict()[k])]
+    assert changed, "fine-tuning changed no weight"
+    metrics = [json.loads(line) for line in (tmp_path / "a/ft/metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "rollout/success_rate" in m] == [1, 2]
+    assert all(math.isfinite(m["ppo/approx_kl"]) for m in metrics if "ppo/approx_kl" in m)
+    assert (tmp_path / "a/ft/curve.png").is_file()
+
+    _toy_finetune(tmp_path / "b", toy_checkpoint, 1)  # stopped after one iteration...
+    resumed = _toy_finetune(tmp_path / "b", toy_checkpoint, 2, resume=True)  # ...and continued
+    a, b = Policy.load(last).state_dict(), Policy.load(tmp_path / "b/ft/checkpoints/last").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["env_steps"] == straight["env_steps"]
+    assert resumed["success_after"] == straight["success_after"]
