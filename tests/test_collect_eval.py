@@ -111,3 +111,41 @@ def test_robosuite_collect_with_cameras_then_train_and_evaluate(tmp_path):
     s = report.summary
     assert s["episodes"] == 2 and all(e.length == 30 or e.success for e in report.episodes)
     assert len(s["videos"]) >= 1
+
+
+@pytest.mark.slow
+def test_evaluation_workers_exit_when_the_evaluation_is_killed(toy_checkpoint, tmp_path):
+    """kill -9 of `robopolicy eval` must not leave its workers running (and holding cores) forever."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    def children(pid):
+        path = Path(f"/proc/{pid}/task/{pid}/children")
+        return [int(c) for c in path.read_text().split()] if path.is_file() else []
+
+    def running(pid):
+        try:
+            return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+        except FileNotFoundError:
+            return False
+
+    env = {**os.environ, "TOY_STEP_SLEEP": "0.05"}  # episodes of a few seconds: the kill lands mid-evaluation
+    proc = subprocess.Popen([sys.executable, "-m", "robopolicy.cli", "eval", "--checkpoint", str(toy_checkpoint),
+                             "--env", "test/reach", "--episodes", "20", "--workers", "2", "--out", str(tmp_path / "eval")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(children(proc.pid)) < 3 and time.monotonic() < deadline:  # 2 workers + the resource tracker
+        time.sleep(0.1)
+    workers = children(proc.pid)
+    assert len(workers) >= 2
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [w for w in workers if running(w)]
+    assert not alive, f"workers still running after the evaluation was killed: {alive}"

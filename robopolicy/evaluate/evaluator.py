@@ -92,8 +92,14 @@ def _worker(worker_id: int, checkpoint: str, env_name: str, cfg: EvalConfig, vid
         results.put(("fatal", worker_id, f"{type(err).__name__}: {err}"))
         return
     results.put(("ready", worker_id, None))
+    parent = mp.parent_process()
     while True:
-        task = tasks.get()
+        try:
+            task = tasks.get(timeout=1.0)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                break  # the evaluation was killed: stop instead of waiting (and holding a core) forever
+            continue
         if task is None:
             break
         seed, attempt = task

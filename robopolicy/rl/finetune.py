@@ -302,12 +302,17 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
             logger.log(done, metrics)
     if bar is not None:
         bar.close()
+    if record.get("success_after") is None:  # resumed with no iterations left: score what was saved
+        result = evaluate(last, env_name, eval_cfg, run_dir / f"eval_{start_iteration:04d}", progress=False)
+        record["success_after"] = result.summary["success_rate"]
+        logger.log(start_iteration, {"eval/success_rate": record["success_after"], "env_steps": record["env_steps"],
+                                    "wall_seconds": record["wall_seconds"]})
     logger.close()
     plot_curve(run_dir)
     summary = {"env": env_name, "head": policy.config.head, "checkpoint": str(cfg.checkpoint),
                "success_before": record["success_before"], "success_after": record.get("success_after"),
                "episodes": cfg.eval.episodes, "eval_seeds": [cfg.eval.seed, cfg.eval.seed + cfg.eval.episodes - 1],
-               "iterations": cfg.iterations, "env_steps": record["env_steps"], "wall_seconds": record["wall_seconds"],
+               "iterations": max(cfg.iterations, start_iteration), "env_steps": record["env_steps"], "wall_seconds": record["wall_seconds"],
                "denoising_steps": cfg.denoising_steps, "fine_tuned": str(last)}
     (run_dir / "finetune.json").write_text(json.dumps(summary, indent=1))
     return summary

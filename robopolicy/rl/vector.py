@@ -95,7 +95,11 @@ def _serve(conn, env_name: str, count: int, n_obs_steps: int, env_kwargs: dict, 
         conn.send(("error", f"{type(err).__name__}: {err}"))
         return
     while True:
-        command, payload = conn.recv()
+        try:
+            command, payload = conn.recv()
+        except EOFError:  # the parent is gone (killed): nothing more will come
+            group.close()
+            return
         if command == "close":
             group.close()
             conn.send(("closed", None))

@@ -23,8 +23,9 @@ class ReachEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
     task = "reach the target"
 
-    def __init__(self, images=False, image_size=84, max_steps=None, render_size=None):
+    def __init__(self, images=False, image_size=84, max_steps=None, render_size=None, goal_offset=0.0):
         self.max_steps = max_steps or 60
+        self.goal_offset = goal_offset  # success is at target + goal_offset (the observed target stays)
         self.render_size = render_size or 64
         self.features = {
             "observation.state": {"dtype": "float32", "shape": [2], "names": ["x", "v"]},
@@ -60,7 +61,7 @@ class ReachEnv(gym.Env):
             time.sleep(3600)
         self.v = 0.8 * self.v + 0.05 * a
         self.x += self.v
-        success = abs(self.x - self.target) < 0.1 and abs(self.v) < 0.05
+        success = abs(self.x - self.target - self.goal_offset) < 0.1 and abs(self.v) < 0.05
         return self._obs(), float(success), success, self.t >= self.max_steps, {"is_success": success}
 
     def render(self):
@@ -87,5 +88,9 @@ class ReachExpert:
 
 
 register("test/reach", lambda **kw: ReachEnv(**kw), ReachExpert, "1-D point mass reaching a target (tests)")
+# the reward moved: success 0.3 beyond the observed target, so a policy imitating the expert fails
+# until it changes its behaviour (RL fine-tuning's test)
+register("test/reach-shifted", lambda **kw: ReachEnv(**kw), ReachExpert, "test/reach with the goal moved (tests)",
+         goal_offset=0.3)
 # the same task without a scripted expert: collect and DAgger must refuse it clearly
 register("test/reach-noexpert", lambda **kw: ReachEnv(**kw), None, "test/reach without an expert (tests)")

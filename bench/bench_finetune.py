@@ -1,0 +1,45 @@
+"""RL fine-tuning results: `robopolicy finetune` from a behaviour-cloned checkpoint, recorded.
+
+  python bench/bench_finetune.py configs/square_lowdim_flow_rl.yaml [--set key=value ...] [--resume]
+
+Runs the fine-tuning the config describes (robopolicy.rl.finetune; its run folder holds the
+learning curve, metrics.jsonl and the evaluation reports) and writes
+bench/results/finetune_<name>.json: env, head, success before and after on the same evaluation
+seeds, episodes, environment steps, wall seconds, machine and the command. `--resume` continues a
+stopped run (with `--set iterations=N` at or below the iterations done, it only scores the last
+checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from benchlib import machine
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--set", action="append", default=[], metavar="key=value")
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args()
+    from robopolicy.rl.finetune import finetune, load_finetune_config
+
+    cfg = load_finetune_config(args.config, args.set)
+    out = finetune(cfg, resume=args.resume)
+    flags = "".join(f" --set {o}" for o in args.set) + (" --resume" if args.resume else "")
+    record = {**out, "machine": machine(), "config": str(args.config), "overrides": args.set,
+              "command": f"python bench/bench_finetune.py {args.config}{flags}"}
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"finetune_{cfg.name}.json"
+    path.write_text(json.dumps(record, indent=1))
+    print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
