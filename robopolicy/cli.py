@@ -64,6 +64,68 @@ def cmd_dataset_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _edit_destination(args: argparse.Namespace, source) -> tuple[Path, Path | None]:
+    """Where an edit writes: --out, or (--in-place) the source folder itself, swapped in atomically."""
+    if args.in_place == (args.out is not None):
+        raise RobopolicyError("give exactly one of --out DIR and --in-place")
+    return (source.root, source.root) if args.in_place else (Path(args.out), None)
+
+
+def cmd_dataset_filter(args: argparse.Namespace) -> int:
+    from robopolicy.data.dataset import LeRobotDataset
+    from robopolicy.data.edit import select_episodes, write_episodes
+
+    ds = LeRobotDataset(args.path)
+    keep = select_episodes(ds, args.episodes, args.task, args.source, args.min_length, args.max_length)
+    out, in_place = _edit_destination(args, ds)
+    write_episodes([(ds, keep)], out, overwrite=args.overwrite, in_place_of=in_place)
+    print(f"kept {len(keep)} of {ds.num_episodes} episodes -> {out}")
+    return 0
+
+
+def cmd_dataset_delete(args: argparse.Namespace) -> int:
+    from robopolicy.data.dataset import LeRobotDataset
+    from robopolicy.data.edit import parse_episodes, write_episodes
+
+    ds = LeRobotDataset(args.path)
+    drop = set(parse_episodes(args.episodes, ds.num_episodes))
+    out, in_place = _edit_destination(args, ds)
+    write_episodes([(ds, [e for e in range(ds.num_episodes) if e not in drop])], out, overwrite=args.overwrite,
+                   in_place_of=in_place)
+    print(f"deleted {len(drop)} of {ds.num_episodes} episodes -> {out}")
+    return 0
+
+
+def cmd_dataset_split(args: argparse.Namespace) -> int:
+    from robopolicy.data.dataset import LeRobotDataset
+    from robopolicy.data.edit import split_episodes, write_episodes
+
+    ds = LeRobotDataset(args.path)
+    try:
+        fractions = [float(f) for f in args.fractions.split(",")]
+    except ValueError:
+        raise RobopolicyError(f"--fractions: {args.fractions!r} is not a comma-separated list of numbers") from None
+    names = args.names.split(",") if args.names else [f"part{i}" for i in range(len(fractions))]
+    if len(names) != len(fractions) or len(set(names)) != len(names):
+        raise RobopolicyError(f"--names: {len(fractions)} distinct names needed, got {args.names!r}")
+    parts = split_episodes(ds.num_episodes, fractions, args.seed)
+    for name, episodes in zip(names, parts):
+        write_episodes([(ds, episodes)], Path(args.out) / name, overwrite=args.overwrite)
+        print(f"{name}: {len(episodes)} episodes -> {Path(args.out) / name}")
+    return 0
+
+
+def cmd_dataset_merge(args: argparse.Namespace) -> int:
+    from robopolicy.data.dataset import LeRobotDataset
+    from robopolicy.data.edit import check_mergeable, write_episodes
+
+    datasets = [LeRobotDataset(p) for p in args.paths]
+    check_mergeable(datasets)
+    write_episodes([(ds, list(range(ds.num_episodes))) for ds in datasets], args.out, overwrite=args.overwrite)
+    print(f"merged {sum(ds.num_episodes for ds in datasets)} episodes of {len(datasets)} datasets -> {args.out}")
+    return 0
+
+
 def cmd_dataset_convert(args: argparse.Namespace) -> int:
     from robopolicy.data.convert import convert_robomimic
 
@@ -329,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("info", help="versions, devices and optional components of this installation")
     p.set_defaults(func=cmd_info)
 
-    dataset = verbs.add_parser("dataset", help="inspect, verify and convert LeRobot v3.0 datasets")
+    dataset = verbs.add_parser("dataset", help="inspect, verify, edit and convert LeRobot v3.0 datasets")
     dverbs = dataset.add_subparsers(dest="dataset_verb", required=True, metavar="ACTION")
     p = dverbs.add_parser("info", help="episodes, frames, fps, features, tasks and stats")
     p.add_argument("path", help="dataset folder or hub repo id (owner/name)")
@@ -342,6 +404,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--write", action="store_true", help="replace meta/stats.json instead of printing")
     p.set_defaults(func=cmd_dataset_stats)
+    p = dverbs.add_parser("filter", help="a new dataset with the episodes that pass every given rule")
+    p.add_argument("path")
+    p.add_argument("--episodes", default=None, help="episode indices to keep, e.g. 0,3,5-9")
+    p.add_argument("--task", default=None, help="keep episodes with this task string")
+    p.add_argument("--source", default=None, help="keep episodes with this source tag (e.g. demonstration, correction)")
+    p.add_argument("--min-length", type=int, default=None)
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--out", default=None, help="new dataset folder")
+    p.add_argument("--in-place", action="store_true", help="replace PATH (atomically) instead of writing --out")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds anything")
+    p.set_defaults(func=cmd_dataset_filter)
+    p = dverbs.add_parser("delete-episodes", help="a new dataset without the given episodes")
+    p.add_argument("path")
+    p.add_argument("--episodes", required=True, help="episode indices to delete, e.g. 0,3,5-9")
+    p.add_argument("--out", default=None, help="new dataset folder")
+    p.add_argument("--in-place", action="store_true", help="replace PATH (atomically) instead of writing --out")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds anything")
+    p.set_defaults(func=cmd_dataset_delete)
+    p = dverbs.add_parser("split", help="split the episodes at random into datasets OUT/<name>")
+    p.add_argument("path")
+    p.add_argument("--out", required=True, help="folder for the parts")
+    p.add_argument("--fractions", default="0.9,0.1", help="comma-separated, summing to 1")
+    p.add_argument("--names", default="train,val", help="comma-separated part names")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_dataset_split)
+    p = dverbs.add_parser("merge", help="one dataset with every episode of several (same features, fps, robot)")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_dataset_merge)
     p = dverbs.add_parser("convert", help="convert robomimic HDF5 demonstrations to LeRobot v3.0")
     p.add_argument("input", help="robomimic .hdf5 file")
     p.add_argument("--out", required=True, help="output dataset folder")

@@ -110,6 +110,13 @@ def test_an_output_dir_that_is_a_file_and_a_non_utf8_config(tmp_path):
     (["deploy", "--robot", "sim:test/reach"], ["--checkpoint", "--server"]),
     (["deploy", "--checkpoint", "no/ckpt", "--robot", "sim:test/reach"], ["no/ckpt"]),
     (["serve", "--checkpoint", "no/ckpt"], ["no/ckpt"]),
+    (["finetune", "--checkpoint", "no/ckpt", "--env", "test/reach"], ["no/ckpt"]),
+    (["finetune", "--env", "test/reach"], ["--checkpoint"]),
+    (["finetune", "--checkpoint", "ckpt", "--env", "test/reach", "iterations=0"], ["iterations"]),
+    (["finetune", "--checkpoint", "ckpt", "--env", "test/reach", "ppo.clip=0"], ["ppo.clip"]),
+    (["finetune", "--checkpoint", "ckpt", "--env", "test/reach", "std_min=0.5"], ["std_min"]),
+    (["finetune", "--config", "missing.yaml"], ["missing.yaml"]),
+    (["finetune", "--resume", "--checkpoint", "ckpt", "--env", "test/reach"], ["nothing to resume"]),
     (["train", "--config", str(REPO / "configs" / "quickstart_lift_lowdim.yaml"), "train.steps"],
      ["train.steps", "key.sub=value"]),
 ])
