@@ -111,7 +111,7 @@ class Learner:
         windows = envs.reset(dict(enumerate(seeds)))
         episodes: dict[int, list[Decision]] = {i: [] for i in range(len(seeds))}
         success: dict[int, bool] = {}
-        env_steps = 0
+        env_steps, sim_seconds, started = 0, 0.0, time.perf_counter()
         while len(success) < len(seeds):
             ids = [i for i in range(len(seeds)) if i not in success]
             chains, log_probs, values, actions = self.act([windows[i] for i in ids], generator)
@@ -121,6 +121,7 @@ class Learner:
                 reward = r.reward if self.cfg.reward == "success" else r.env_reward
                 episodes[i].append(Decision(windows[i], chains[j], float(log_probs[j]), float(values[j]), reward))
                 env_steps += r.steps
+                sim_seconds += r.sim_seconds
                 if r.done:
                     success[i] = r.success
                 else:
@@ -128,6 +129,9 @@ class Learner:
         returns = [sum(d.reward for d in episodes[i]) for i in episodes]
         stats = {"rollout/success_rate": float(np.mean(list(success.values()))),
                  "rollout/return": float(np.mean(returns)), "rollout/decisions": sum(len(e) for e in episodes.values()),
+                 # rollout speed, policy included, against the simulator alone on as many processes
+                 "rollout/steps_per_s": env_steps / (time.perf_counter() - started),
+                 "rollout/raw_sim_steps_per_s": env_steps / sim_seconds * max(envs.workers, 1) if sim_seconds else 0.0,
                  "env_steps": env_steps}
         return list(episodes.values()), stats
 
@@ -309,7 +313,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
                                     "wall_seconds": record["wall_seconds"]})
     logger.close()
     plot_curve(run_dir)
-    summary = {"env": env_name, "head": policy.config.head, "checkpoint": str(cfg.checkpoint),
+    rates = [r for r in read_metrics(run_dir) if r.get("rollout/raw_sim_steps_per_s")]
+    speed = {"rollout_steps_per_s": float(np.mean([r["rollout/steps_per_s"] for r in rates])) if rates else None,
+             "raw_sim_steps_per_s": float(np.mean([r["rollout/raw_sim_steps_per_s"] for r in rates])) if rates else None}
+    summary = {"env": env_name, "head": policy.config.head, "checkpoint": str(cfg.checkpoint), **speed,
                "success_before": record["success_before"], "success_after": record.get("success_after"),
                "episodes": cfg.eval.episodes, "eval_seeds": [cfg.eval.seed, cfg.eval.seed + cfg.eval.episodes - 1],
                "iterations": max(cfg.iterations, start_iteration), "env_steps": record["env_steps"], "wall_seconds": record["wall_seconds"],

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import time
 import traceback
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ class ChunkResult:
     done: bool  # success, or the episode's step limit
     steps: int  # env steps executed (<= n_action_steps)
     episode_steps: int  # env steps since reset
+    sim_seconds: float  # time inside env.step: steps / sim_seconds is the simulator's own rate
 
 
 class EnvGroup:
@@ -67,6 +69,7 @@ class EnvGroup:
         out = []
         for i, actions in items:
             env, success, done, executed, window, total = self.envs[i], False, False, 0, None, 0.0
+            started = time.perf_counter()
             for action in actions:
                 obs, reward, terminated, truncated, info = env.step(np.asarray(action, dtype=np.float32))
                 executed += 1
@@ -78,7 +81,8 @@ class EnvGroup:
                 if success or terminated or truncated or self.steps[i] >= self.limits[i]:
                     done = True
                     break
-            out.append(ChunkResult(window, float(success), total, success, done, executed, self.steps[i]))
+            out.append(ChunkResult(window, float(success), total, success, done, executed, self.steps[i],
+                                   time.perf_counter() - started))
         return out
 
     def close(self) -> None:
@@ -124,6 +128,7 @@ class ChunkEnvs:
         self.n = n
         kwargs = dict(env_kwargs or {})
         workers = min(workers, n)
+        self.workers = workers
         self.owner = [i % max(workers, 1) for i in range(n)]  # env i lives in worker owner[i]
         self.local_index = [i // max(workers, 1) for i in range(n)]
         if workers == 0:
