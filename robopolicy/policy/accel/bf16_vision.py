@@ -2,12 +2,12 @@
 
 Why: the camera encoder is the largest single part of a CPU chunk. On CPUs with AMX / AVX512-BF16,
 oneDNN's bf16 convolutions in channels_last, compiled by inductor with freezing (weights folded and
-pre-packed once instead of reordered on every call), run the ResNet-18 over a chunk's 4 images in
-~7 ms on the 2-core benchmark machine, against ~12 ms in eager bf16 and ~19 ms in fp32 (eager or
-ONNX Runtime). The price is bf16 rounding in the image features: chunks differ from the fp32 policy
-by ~1e-3 of the action range, so it is a choice, not the default (a policy trained with bf16
-autocast saw the same rounding). Compiling takes ~20 s for a ResNet-18 (and again for each new
-batch size or thread count); where inductor cannot compile (no C++ compiler) the trunk runs in eager bf16.
+pre-packed once instead of reordered on every call), run the ResNet-18 over a chunk's 4 images
+several times faster than fp32 (eager or ONNX Runtime) and faster than eager bf16 (bench/RESULTS.md).
+The price is bf16 rounding in the image features: chunks differ from the fp32 policy by ~1e-3 of
+the action range, so it is a choice, not the default (a policy trained with bf16 autocast saw the
+same rounding). Compiling takes tens of seconds for a ResNet-18 (and again for each new batch size
+or thread count); where inductor cannot compile (no C++ compiler) the trunk runs in eager bf16.
 
 How: a stand-in (`robopolicy.policy.accel.standin`) takes each camera encoder's place; it runs
 one inductor graph of a bf16, channels_last copy of the trunk followed by the fp32 keypoint pooling

@@ -3,16 +3,15 @@
 Why: on a CPU a batch-1 chunk is bound by per-operator overhead, not arithmetic. One U-Net step is
 ~250 small PyTorch operators over 5.8M weights, and PyTorch runs a batch-1 `Conv1d` through its
 im2col fallback; `torch.compile` (inductor, even with freezing) measured little better. ONNX
-Runtime runs the same graph as one session with fused element-wise kernels and MLAS convolutions:
-on the 2-core benchmark machine the U-Net step and the ResNet-18 encoder run 1.2-1.4x faster and a
-flow-10 / DDIM-10 chunk 1.4-1.6x (bench/RESULTS.md, `bench/bench_cpu_inference.py`).
-Two rewrites at export time only (same weights, same results): the U-Net's 1-D convolutions
-become 1 x k 2-D ones, which ONNX Runtime runs in its blocked (NCHWc) layout, ~1.3x faster per U-Net
-step for batch-1 signals of 4-16 steps than its 1-D path — the exported U-Net carries its signal as
-(B, C, 1, H) from input to output, so no convolution needs a reshape around it (~15% fewer nodes,
-~4% of a step); and GroupNorm (U-Net and ResNet-GN alike) reshapes with only the batch axis
-inferred, so the graph needs no Shape node per normalization (~10% of a U-Net step). At inference
-batch 1 the U-Net runs on one thread (`SessionCall`).
+Runtime runs the same graph as one session with fused element-wise kernels and MLAS convolutions,
+faster for both the U-Net step and the camera encoders (figures: bench/RESULTS.md and
+`bench/bench_cpu_inference.py`). Three rewrites at export time only (same weights, same results):
+the U-Net's 1-D convolutions become 1 x k 2-D ones, which ONNX Runtime runs in its blocked (NCHWc)
+layout, faster for batch-1 signals of 4-16 steps than its 1-D path; the exported U-Net carries its
+signal as (B, C, 1, H) from input to output (its residual blocks broadcast FiLM over both trailing
+axes), so no convolution needs a reshape around it; and GroupNorm (U-Net and ResNet-GN alike)
+reshapes with only the batch axis inferred, so the graph needs no Shape node per normalization. At
+inference batch 1 the U-Net runs on one thread (`SessionCall`).
 
 How: each network is exported once with `torch.onnx.export` (the dynamo exporter, batch axis
 dynamic) from an export-time copy carrying the rewrites above, and a stand-in module
@@ -82,8 +81,8 @@ class SessionCall:
     on one thread gives `serial_up_to`: batches of at most that many rows run on the calling
     thread alone. (The batch-1 U-Net step: a few hundred tiny nodes, each of which would hand half
     its work to a worker thread, and that worker competes for its core with PyTorch's OpenMP
-    threads, which spin for a while after the camera encoder; one thread measured 1.1 ms a step
-    against 1.3 ms alone, and a flow-2 chunk ~1 ms faster, bench/RESULTS.md.)
+    threads, which spin for a while after the camera encoder; one thread measured faster, alone and
+    inside chunks: bench/notes/latency-and-training.md.)
     """
 
     def __init__(self, model: bytes, serial_up_to: int = 0):
