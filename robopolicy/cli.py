@@ -217,11 +217,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from robopolicy.structs import from_dict
 
     require_positive(args, "episodes", "workers", "max_steps", "n_action_steps", "inference_steps")
+    weights = None
+    if args.compose_weights:
+        try:
+            weights = [float(w) for w in args.compose_weights.split(",")]
+        except ValueError:
+            raise RobopolicyError(f"--compose-weights: {args.compose_weights!r} is not a list of numbers") from None
+    if (weights or args.compose_search) and not args.compose:
+        raise RobopolicyError("--compose-weights and --compose-search need --compose CHECKPOINT")
     cfg = from_dict(EvalConfig, {
         "env": args.env, "episodes": args.episodes, "workers": args.workers, "seed": args.seed,
         "inference_steps": args.inference_steps, "n_action_steps": args.n_action_steps,
-        "execution": args.execution, "weights": args.weights, "max_steps": args.max_steps, "videos": args.videos})
+        "execution": args.execution, "weights": args.weights, "max_steps": args.max_steps, "videos": args.videos,
+        "compose": args.compose or [], "compose_weights": weights})
     out = args.out or Path(args.checkpoint).resolve().parent.parent / "eval" / Path(args.checkpoint).resolve().name
+    if args.compose_search:
+        from robopolicy.evaluate.composition import search_weights
+
+        if args.seed <= args.search_seed < args.seed + args.episodes or \
+                args.search_seed <= args.seed < args.search_seed + args.search_episodes:
+            raise RobopolicyError("--search-seed: the validation seeds overlap the evaluation seeds")
+        best, table = search_weights(args.checkpoint, args.env, cfg, Path(out), args.search_seed,
+                                     args.search_episodes, progress=not args.no_progress)
+        for row in table:
+            print(f"weights {row['weights']}: {row['success_rate']:.1%} on validation seeds {row['seeds']}")
+        print(f"chosen on validation seeds: {best}")
+        cfg.compose_weights = best
     print_eval(evaluate(args.checkpoint, args.env, cfg, out, progress=not args.no_progress))
     return 0
 
@@ -568,6 +589,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=["ema", "raw"], default="ema")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--videos", type=int, default=4, help="episodes to save as mp4 (successes and failures)")
+    p.add_argument("--compose", action="append", metavar="CHECKPOINT",
+                   help="another flow policy to sample with (GPC; repeatable): velocities combined at every step")
+    p.add_argument("--compose-weights", default=None, help="velocity weights, this checkpoint's first, e.g. 0.6,0.4")
+    p.add_argument("--compose-search", action="store_true",
+                   help="choose the weights on validation seeds (--search-seed) first, then evaluate")
+    p.add_argument("--search-seed", type=int, default=200_000, help="first validation seed for --compose-search")
+    p.add_argument("--search-episodes", type=int, default=20, help="validation episodes per weighting")
     p.add_argument("--out", type=Path, default=None, help="report folder (default RUN/eval/<checkpoint name>)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 
@@ -21,3 +21,5 @@ class EvalConfig:
     max_steps: int | None = None  # episode step limit; None = the env's default
     videos: int = 4  # episodes recorded as mp4 (successes and failures)
     image_size: int | None = None  # camera size; None = what the policy was trained on
+    compose: list[str] = field(default_factory=list)  # more flow checkpoints sampling with this one (GPC)
+    compose_weights: list[float] | None = None  # velocity weights, this checkpoint's first; None = equal

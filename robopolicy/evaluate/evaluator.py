@@ -68,6 +68,17 @@ def env_kwargs_for(policy_spec, cfg: EvalConfig, record: bool) -> dict:
     return kwargs
 
 
+def load_policy(checkpoint: str | Path, cfg: EvalConfig):
+    """The checkpoint's policy, or with `cfg.compose` its composition with the others (GPC)."""
+    if cfg.compose:
+        from robopolicy.policy.compose import load_composed
+
+        return load_composed([str(checkpoint), *cfg.compose], cfg.compose_weights, cfg.weights)
+    from robopolicy.policy.policy import Policy
+
+    return Policy.load(checkpoint, weights=cfg.weights)
+
+
 def _worker(worker_id: int, checkpoint: str, env_name: str, cfg: EvalConfig, video_dir: str | None,
             quota: tuple[int, int], labelling: tuple[bool, float], tasks: mp.Queue, results: mp.Queue) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -75,12 +86,11 @@ def _worker(worker_id: int, checkpoint: str, env_name: str, cfg: EvalConfig, vid
 
     torch.set_num_threads(1)  # one thread per worker: deterministic, and workers do not fight for cores
     from robopolicy.policy.execution import make_executor
-    from robopolicy.policy.policy import Policy
     from robopolicy.sim.registry import make_env, make_expert
 
     label, beta = labelling
     try:
-        policy = Policy.load(checkpoint, weights=cfg.weights)
+        policy = load_policy(checkpoint, cfg)
         videos = VideoQuota(*quota) if video_dir else VideoQuota(0, 0)
         env = make_env(env_name, **env_kwargs_for(policy.spec, cfg, record=video_dir is not None))
         missing = [k for k in policy.observation_keys if k not in env.observation_space.spaces]
@@ -166,14 +176,14 @@ def evaluate(checkpoint: str | Path, env_name: str, cfg: EvalConfig, out_dir: st
     episode's `labels` hold the visited observations with the expert's actions; `beta` is the
     probability that a step executes the expert's action instead of the policy's.
     """
-    from robopolicy.policy.policy import Policy, checkpoint_hash
+    from robopolicy.policy.policy import checkpoint_hash
     from robopolicy.sim.registry import entry, require_expert
 
     checkpoint = Path(checkpoint).resolve()
     entry(env_name)  # unknown env names fail before any process starts
     if label_with_expert:
         require_expert(env_name)
-    policy = Policy.load(checkpoint, weights=cfg.weights)  # fails fast on a bad checkpoint
+    policy = load_policy(checkpoint, cfg)  # fails fast on a bad checkpoint
     if cfg.episodes < 1:
         raise RobopolicyError(f"episodes must be >= 1, got {cfg.episodes}")
     out_dir = Path(out_dir)
@@ -300,6 +310,7 @@ def _summary(checkpoint: Path, env_name: str, cfg: EvalConfig, policy, episodes:
         "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
         "env": env_name,
         "checkpoint": {"path": str(checkpoint), "sha256": content_hash, "weights": cfg.weights},
+        "composed_with": ({"checkpoints": list(cfg.compose), "weights": policy.weights} if cfg.compose else None),
         "policy": {"head": pc.head, "horizon": pc.horizon, "n_obs_steps": pc.n_obs_steps,
                    "inference_steps": cfg.inference_steps or head_steps[pc.head],
                    "execution": cfg.execution, "n_action_steps": 1 if cfg.execution == "ensemble"

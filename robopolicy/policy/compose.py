@@ -1,0 +1,123 @@
+"""Test-time composition of flow policies (GPC, "Compose Your Policies!", 2025).
+
+Several flow policies with the same action space sample one chunk together: at every Euler step the
+velocity is a convex combination of each policy's velocity at the same point, each policy reading
+its own observations (one from the cameras, one from low-dim state; or trained on different data).
+With weights summing to 1 the combined field is still a flow from the noise to the actions, and where
+the parts agree it is theirs; where they disagree it follows the weighted consensus, which can beat
+each part (a low-dim policy's precise positions with a camera policy's view of what it cannot see).
+
+Each policy normalizes actions with its own statistics. The chain runs in the first policy's
+normalized action space; the point is mapped to each other policy's space (through robot units) and
+its velocity back (normalization is affine per dimension, so velocities scale by the ratio of the
+ranges). Parts trained on the same task's data have the same statistics, and then both maps are the
+identity. `ComposedPolicy` offers what evaluation and deployment use of a `Policy`: the observation
+keys (the union), the chunk layout, and `predict_chunk`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from robopolicy.errors import ConfigError
+from robopolicy.policy.heads.flow import TIME_SCALE, FlowHead
+
+
+class ComposedPolicy:
+    """Flow policies sampling together with velocity weights `weights` (non-negative, summing to 1)."""
+
+    supports_prefix = False
+
+    def __init__(self, policies: Sequence, weights: Sequence[float] | None = None):
+        if len(policies) < 2:
+            raise ConfigError("composition needs at least two policies")
+        weights = list(weights) if weights is not None else [1.0 / len(policies)] * len(policies)
+        if len(weights) != len(policies):
+            raise ConfigError(f"--compose-weights: {len(policies)} weights needed, got {len(weights)}")
+        if any(w < 0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
+            raise ConfigError(f"--compose-weights must be non-negative and sum to 1, got {weights}")
+        first = policies[0]
+        for p in policies:
+            if not isinstance(p.head, FlowHead):
+                raise ConfigError(f"composition combines flow policies; one has a {p.config.head} head")
+            layout = (p.spec.action_dim, p.config.horizon, p.chunk_start, p.config.n_obs_steps)
+            ours = (first.spec.action_dim, first.config.horizon, first.chunk_start, first.config.n_obs_steps)
+            if layout != ours:
+                raise ConfigError("composed policies must share action size, horizon, action offset and"
+                                  f" observation steps: {ours} vs {layout}")
+        self.policies, self.weights = list(policies), [float(w) for w in weights]
+        self.config = first.config
+        features = {f.key: f for p in self.policies for f in p.spec.features}
+        self.spec = dataclasses.replace(first.spec, features=list(features.values()))
+
+    @property
+    def observation_keys(self) -> list[str]:
+        keys: list[str] = []
+        for p in self.policies:
+            keys += [k for k in p.observation_keys if k not in keys]
+        return keys
+
+    @property
+    def chunk_start(self) -> int:
+        return self.policies[0].chunk_start
+
+    @property
+    def stats(self):
+        return self.policies[0].stats
+
+    def eval(self) -> "ComposedPolicy":
+        for p in self.policies:
+            p.eval()
+        return self
+
+    @torch.no_grad()
+    def predict_chunk(self, observation: Mapping[str, Any], steps: int | None = None, prefix: np.ndarray | None = None,
+                      generator: torch.Generator | None = None) -> np.ndarray:
+        """(H', A) robot-unit actions from the combined velocity field (see the module docstring)."""
+        if prefix is not None:
+            raise ConfigError("composed policies do not continue committed prefixes (use the receding strategy)")
+        first = self.policies[0]
+        steps = steps or first.head.cfg.num_inference_steps
+        conds = [p.encode(p.observation_batch(observation)) for p in self.policies]
+        prepared = [p.head.denoiser.prepare(c) for p, c in zip(self.policies, conds)]
+        shape = (1, first.config.horizon, first.spec.action_dim)
+        x = torch.randn(shape, generator=generator)
+        for i in range(steps):
+            t = 1.0 - i / steps
+            time = torch.full((1,), t * TIME_SCALE)
+            velocity = torch.zeros(shape)
+            robot = first.normalizer.unnormalize("action", x)
+            for p, w, cond, prep in zip(self.policies, self.weights, conds, prepared):
+                if w == 0:
+                    continue
+                x_p = x if p is first else p.normalizer.normalize("action", robot)
+                v = p.head.denoiser(x_p, time, cond, prepared=prep).float()
+                if p is not first:  # robot units per unit of p's space, over the first policy's
+                    v = v * _ratio(p, first)
+                velocity += w * v
+            x = x - velocity / steps
+        return first.normalizer.unnormalize("action", x)[0, first.chunk_start:].float().numpy()
+
+
+def _ratio(policy, first) -> torch.Tensor:
+    """How much one normalized unit of `policy` is in units of `first` (1 where an action never varies)."""
+    mine, theirs = _scale(policy), _scale(first)
+    return torch.where(theirs.abs() > 0, mine / theirs.where(theirs.abs() > 0, torch.ones_like(theirs)),
+                       torch.ones_like(theirs))
+
+
+def _scale(policy) -> torch.Tensor:
+    """Robot units per normalized unit, per action dimension (normalization is affine)."""
+    zero = torch.zeros(1, 1, policy.spec.action_dim)
+    return policy.normalizer.unnormalize("action", zero + 1) - policy.normalizer.unnormalize("action", zero)
+
+
+def load_composed(checkpoints: Sequence[str], weights: Sequence[float] | None = None, weights_kind: str = "ema"):
+    """A `ComposedPolicy` of the checkpoints, in order (the first fixes the chunk layout)."""
+    from robopolicy.policy.policy import Policy
+
+    return ComposedPolicy([Policy.load(c, weights=weights_kind) for c in checkpoints], weights)

@@ -1,0 +1,87 @@
+"""Test-time composition of flow policies (GPC): the combined field, evaluation with it, weights chosen on validation seeds."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from robopolicy.errors import ConfigError
+from robopolicy.policy.compose import ComposedPolicy
+from robopolicy.policy.policy import Policy
+
+
+@pytest.fixture(scope="module")
+def pair(toy_checkpoint, tmp_path_factory):
+    """The toy flow policy and a perturbed copy (same action statistics, different velocities)."""
+    a = Policy.load(toy_checkpoint)
+    b = Policy.load(toy_checkpoint)
+    with torch.no_grad():
+        for p in b.head.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    path = tmp_path_factory.mktemp("compose") / "perturbed"
+    b.save(path)
+    return a, b, path
+
+
+def toy_observation(seed=3):
+    rng = np.random.default_rng(seed)
+    return {"observation.state": rng.normal(size=(2, 2)).astype(np.float32) * 0.3,
+            "observation.environment_state": np.full((2, 1), 0.5, np.float32), "task": "reach the target"}
+
+
+def chunk(policy, obs):
+    return policy.predict_chunk(obs, generator=torch.Generator().manual_seed(11))
+
+
+def test_the_combined_field_is_each_part_at_its_corners_and_between_them_otherwise(pair):
+    a, b, _ = pair
+    obs = toy_observation()
+    np.testing.assert_allclose(chunk(ComposedPolicy([a, a], [0.5, 0.5]), obs), chunk(a, obs), atol=1e-5)
+    np.testing.assert_allclose(chunk(ComposedPolicy([a, b], [1.0, 0.0]), obs), chunk(a, obs), atol=1e-5)
+    np.testing.assert_allclose(chunk(ComposedPolicy([a, b], [0.0, 1.0]), obs), chunk(b, obs), atol=1e-5)
+    mixed = chunk(ComposedPolicy([a, b], [0.5, 0.5]), obs)
+    assert np.abs(mixed - chunk(a, obs)).max() > 1e-4 and np.abs(mixed - chunk(b, obs)).max() > 1e-4
+
+
+def test_compositions_that_cannot_work_are_refused(pair, tmp_path):
+    a, b, _ = pair
+    with pytest.raises(ConfigError, match="sum to 1"):
+        ComposedPolicy([a, b], [0.7, 0.7])
+    with pytest.raises(ConfigError, match="2 weights needed"):
+        ComposedPolicy([a, b], [1.0])
+    from conftest import LIFT_VIDEO
+    from robopolicy.data.dataset import LeRobotDataset
+    from robopolicy.policy.config import EncoderConfig, PolicyConfig
+
+    act = Policy.from_dataset(PolicyConfig(head="act", encoder=EncoderConfig(dim=32, cameras=[])),
+                              LeRobotDataset(LIFT_VIDEO))
+    with pytest.raises(ConfigError, match="combines flow policies"):
+        ComposedPolicy([a, act])
+
+
+def cli(cwd, *args):
+    return subprocess.run([sys.executable, "-m", "robopolicy.cli", "eval", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.mark.slow
+def test_eval_with_a_composition_and_weights_chosen_on_validation_seeds(pair, toy_checkpoint, tmp_path):
+    _, _, perturbed = pair
+    base = ["--checkpoint", str(toy_checkpoint), "--env", "test/reach", "--episodes", "6", "--workers", "1",
+            "--videos", "0", "--compose", str(perturbed)]
+    done = cli(tmp_path, *base, "--compose-weights", "0.5,0.5", "--out", "fixed", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "fixed/eval.json").read_text())
+    assert report["composed_with"] == {"checkpoints": [str(perturbed)], "weights": [0.5, 0.5]}
+    searched = cli(tmp_path, *base, "--compose-search", "--search-episodes", "3", "--out", "search", "--no-progress")
+    assert searched.returncode == 0, searched.stderr
+    search = json.loads((tmp_path / "search/compose_search.json").read_text())
+    assert [t["weights"] for t in search["trials"]] == [[0.25, 0.75], [0.5, 0.5], [0.75, 0.25]]
+    assert all(t["seeds"] == [200000, 200002] for t in search["trials"])  # validation seeds only
+    final = json.loads((tmp_path / "search/eval.json").read_text())
+    assert final["composed_with"]["weights"] == search["best"] and final["seeds"][0] == 100000
+    bad = cli(tmp_path, "--checkpoint", str(toy_checkpoint), "--env", "test/reach", "--compose-weights", "0.5,0.5")
+    assert bad.returncode == 2 and "--compose" in bad.stderr
