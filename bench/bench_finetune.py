@@ -1,6 +1,6 @@
 """RL fine-tuning results: `robopolicy finetune` from a behaviour-cloned checkpoint, recorded.
 
-  python bench/bench_finetune.py configs/square_lowdim_flow_rl.yaml [--set key=value ...] [--resume]
+  python bench/bench_finetune.py configs/finetune/square_lowdim_flow.yaml [--set key=value ...] [--resume]
 
 Runs the fine-tuning the config describes (robopolicy.rl.finetune; its run folder holds the
 learning curve, metrics.jsonl and the evaluation reports) and writes

@@ -43,6 +43,12 @@ def test_every_shipped_config_loads():
     assert configs, "configs/ is empty"
     for path in configs:
         load_config(path)
+    from robopolicy.rl.finetune import load_finetune_config
+
+    finetune = sorted((REPO / "configs" / "finetune").glob("*.yaml"))
+    assert finetune, "configs/finetune/ is empty"
+    for path in finetune:  # `robopolicy finetune --config` files
+        load_finetune_config(path, [])
 
 
 def test_cli_reports_unknown_key_and_exits_2(tmp_path):
