@@ -398,6 +398,13 @@ def cmd_envs(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
+def add_edit_output(p: argparse.ArgumentParser) -> None:
+    """Where a dataset edit writes: --out, or --in-place."""
+    p.add_argument("--out", default=None, help="new dataset folder")
+    p.add_argument("--in-place", action="store_true", help="replace PATH (atomically) instead of writing --out")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds anything")
+
+
 def add_compile_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", nargs="?", const="fp32", choices=["fp32", "bf16-vision"], default=None,
                    help="faster chunks for a local policy: CUDA graphs on a GPU, ONNX Runtime on a CPU;"
@@ -432,16 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=None, help="keep episodes with this source tag (e.g. demonstration, correction)")
     p.add_argument("--min-length", type=int, default=None)
     p.add_argument("--max-length", type=int, default=None)
-    p.add_argument("--out", default=None, help="new dataset folder")
-    p.add_argument("--in-place", action="store_true", help="replace PATH (atomically) instead of writing --out")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds anything")
+    add_edit_output(p)
     p.set_defaults(func=cmd_dataset_filter)
     p = dverbs.add_parser("delete-episodes", help="a new dataset without the given episodes")
     p.add_argument("path")
     p.add_argument("--episodes", required=True, help="episode indices to delete, e.g. 0,3,5-9")
-    p.add_argument("--out", default=None, help="new dataset folder")
-    p.add_argument("--in-place", action="store_true", help="replace PATH (atomically) instead of writing --out")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds anything")
+    add_edit_output(p)
     p.set_defaults(func=cmd_dataset_delete)
     p = dverbs.add_parser("split", help="split the episodes at random into datasets OUT/<name>")
     p.add_argument("path")

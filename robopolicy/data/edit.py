@@ -12,9 +12,6 @@ episodes, write them to a new folder beside the destination, move it into place 
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Iterable
 
@@ -24,6 +21,7 @@ from robopolicy.data import format as fmt
 from robopolicy.data.dataset import LeRobotDataset
 from robopolicy.data.writer import DatasetWriter
 from robopolicy.errors import DatasetError
+from robopolicy.fileio import atomic_directory
 
 
 def copy_episodes(dataset: LeRobotDataset, writer: DatasetWriter, episodes: Iterable[int] | None = None) -> int:
@@ -107,22 +105,11 @@ def write_episodes(sources: list[tuple[LeRobotDataset, list[int]]], out: str | P
         raise DatasetError(f"no episodes left to write to {out}")
     if in_place_of is None and out.exists() and any(out.iterdir()) and not overwrite:
         raise DatasetError(f"output folder {out} already exists and is not empty (--overwrite replaces it)")
-    tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_directory(out) as tmp:  # built beside `out`, renamed into place when complete
         with DatasetWriter(tmp, fps=first.fps, features=first.features, robot_type=first.info.get("robot_type"),
                            video_codec=_video_codec(first)) as writer:
             for ds, episodes in sources:
                 copy_episodes(ds, writer, episodes)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
