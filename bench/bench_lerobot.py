@@ -5,7 +5,7 @@
 
 Runs in an environment with LeRobot installed (it pins its own torch); robopolicy is not imported,
 only this folder's benchlib.
-The workloads of `bench_policy.py`, built the way DESIGN.md measured LeRobot: the Lift fixture's
+The workloads of `bench_policy.py`, built the way the reference LeRobot figures were measured: the Lift fixture's
 features (2 cameras at 84x84 cropped to 76x76, state, 2 observation frames, horizon 16, batch 32),
 "small" diffusion = one ResNet-18 with GroupNorm shared by the cameras + spatial softmax (32
 keypoints) + U-Net 64/128/256, ACT with dim 256 and feed-forward 1024 (the shape of our
