@@ -83,8 +83,15 @@ def evaluate_run(run_dir: Path, env: str | None, trained_on: str, overrides: lis
     checkpoint = run_dir / "checkpoints" / "last"
     steps, seconds = trained_steps_and_seconds(run_dir, checkpoint, cfg.train.batch_size)
     s = evaluate(checkpoint, env, cfg.eval, run_dir / "eval" / "final").summary
+    demos = {}
+    if cfg.data.path and Path(cfg.data.path).is_dir():  # the demonstrations the run trained on, when here
+        from robopolicy.data.dataset import LeRobotDataset
+
+        data = LeRobotDataset(cfg.data.path)
+        demos = {"demos": data.num_episodes, "demo_frames": len(data), "demo_first_seed": cfg.collect.seed}
     record = record_of(s, train_steps=steps, train_seconds=seconds, collect_seconds=None,
-                       eval_seconds=s["timing"]["wall_s"], config=str(run_dir / "config.yaml"), overrides=[],
+                       samples_seen=steps * cfg.train.batch_size, **demos,
+                       eval_seconds=s["timing"]["wall_s"], config=str(run_dir / "config.yaml"), overrides=list(overrides),
                        trained_on=trained_on,
                        command=f"python bench/bench_success.py --evaluate {run_dir} --env {env} --trained-on '{trained_on}'"
                        + "".join(f" --set {o}" for o in overrides))
