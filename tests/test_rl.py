@@ -20,7 +20,7 @@ TOY = "test/reach"  # tests/plugins/toy_env.py
 def toy_windows(policy, n, seed=0):
     """`n` observation windows of the toy env after a few random steps (distinct states)."""
     with ChunkEnvs(TOY, n, policy.config.n_obs_steps, workers=0) as envs:
-        windows = envs.reset({i: seed + i for i in range(n)})
+        envs.reset({i: seed + i for i in range(n)})
         rng = np.random.default_rng(seed)
         results = envs.step({i: rng.uniform(-1, 1, (3, 1)).astype(np.float32) for i in range(n)})
     return [results[i].window for i in range(n)]
@@ -37,7 +37,7 @@ def test_flow_chain_log_prob_is_the_gaussian_density_of_each_euler_step(toy_poli
     torch.nn.init.normal_(chain.noise.net[-1].weight, std=0.5)  # state-dependent noise, not the initial constant
     with torch.no_grad():
         cond = policy.encode(policy.observation_batches(toy_windows(policy, 3)))
-        chains = chain.sample(cond, torch.Generator().manual_seed(0))
+        chains, _ = chain.sample(cond, torch.Generator().manual_seed(0))
         got = chain.log_prob(cond, chains)["log_prob"]
     assert got.shape == (3, 4)
     for k in range(4):
@@ -86,8 +86,8 @@ def test_batched_decisions_equal_one_by_one(toy_policy):
     windows = toy_windows(policy, 5, seed=7)
     noise = torch.randn(5, 5, policy.config.horizon, 1, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        batched = chain.sample(policy.encode(policy.observation_batches(windows)), noise=noise)
-        single = torch.cat([chain.sample(policy.encode(policy.observation_batches([w])), noise=noise[i:i + 1])
+        batched = chain.sample(policy.encode(policy.observation_batches(windows)), noise=noise)[0]
+        single = torch.cat([chain.sample(policy.encode(policy.observation_batches([w])), noise=noise[i:i + 1])[0]
                             for i, w in enumerate(windows)])
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
 

@@ -50,6 +50,8 @@ class ComposedPolicy:
                 raise ConfigError("composed policies must share action size, horizon, action offset and"
                                   f" observation steps: {ours} vs {layout}")
         self.policies, self.weights = list(policies), [float(w) for w in weights]
+        # one normalized unit of each policy's actions in units of the first's (1 for the first itself)
+        self.ratios = [torch.ones(1) if p is first else _ratio(p, first) for p in self.policies]
         self.config = first.config
         features = {f.key: f for p in self.policies for f in p.spec.features}
         self.spec = dataclasses.replace(first.spec, features=list(features.values()))
@@ -91,14 +93,11 @@ class ComposedPolicy:
             time = torch.full((1,), t * TIME_SCALE)
             velocity = torch.zeros(shape)
             robot = first.normalizer.unnormalize("action", x)
-            for p, w, cond, prep in zip(self.policies, self.weights, conds, prepared):
+            for p, w, ratio, cond, prep in zip(self.policies, self.weights, self.ratios, conds, prepared):
                 if w == 0:
                     continue
                 x_p = x if p is first else p.normalizer.normalize("action", robot)
-                v = p.head.denoiser(x_p, time, cond, prepared=prep).float()
-                if p is not first:  # robot units per unit of p's space, over the first policy's
-                    v = v * _ratio(p, first)
-                velocity += w * v
+                velocity += w * ratio * p.head.denoiser(x_p, time, cond, prepared=prep).float()
             x = x - velocity / steps
         return first.normalizer.unnormalize("action", x)[0, first.chunk_start:].float().numpy()
 

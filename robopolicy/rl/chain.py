@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 
 import torch
+from diffusers import DDIMScheduler
 from torch import nn
 
 from robopolicy.policy.encoders.base import Conditioning
@@ -95,8 +96,9 @@ class StochasticChain(nn.Module):
 
     @torch.no_grad()
     def sample(self, cond: Conditioning, generator: torch.Generator | None = None,
-               noise: torch.Tensor | None = None) -> torch.Tensor:
-        """A chain (B, K + 1, H, A) in normalized action units; its last element is the chunk.
+               noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A chain (B, K + 1, H, A) in normalized action units (its last element is the chunk) and its
+        log-likelihood (B,), summed over the transitions as it is sampled (no second pass).
 
         `noise` (B, K + 1, H, A), standard normal, replaces the draws from `generator`: the start
         and every transition's standardized noise (so a batch and its rows one by one agree).
@@ -108,13 +110,14 @@ class StochasticChain(nn.Module):
         elif noise.shape != shape:
             raise ValueError(f"noise must have shape {tuple(shape)}, got {tuple(noise.shape)}")
         x = noise[:, 0]
-        chain = [x]
+        chain, log_prob = [x], torch.zeros(b, device=device)
         prepared = self.head.denoiser.prepare(cond)
         for k in range(self.steps):
             mean, std, _ = self.step(x, k, cond, prepared)
             x = mean + std * noise[:, k + 1]
+            log_prob += gaussian_log_prob(x, mean, std)
             chain.append(x)
-        return torch.stack(chain, dim=1)
+        return torch.stack(chain, dim=1), log_prob
 
     def log_prob(self, cond: Conditioning, chain: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-transition log-likelihoods (B, K) of `chain` under the current parameters, with the
@@ -156,10 +159,9 @@ class DiffusionChain(StochasticChain):
     def __init__(self, head: DiffusionHead, steps: int, pooled_dim: int, std_min: float, std_max: float,
                  clip: float = 1.0):
         super().__init__(head, steps, pooled_dim, std_min, std_max, clip)
-        train_steps = head.cfg.num_train_timesteps
-        # timesteps spaced as DDIM's "leading" spacing: train_steps / K apart, from high to low
-        stride = train_steps // steps
-        timesteps = torch.arange(steps - 1, -1, -1) * stride
+        ddim = DDIMScheduler.from_config(head.noise_scheduler.config)  # the head's DDIM sampler's timesteps
+        ddim.set_timesteps(steps)
+        timesteps = ddim.timesteps.long()
         alphas = head.noise_scheduler.alphas_cumprod.float()
         self.register_buffer("timesteps", timesteps, persistent=False)
         self.register_buffer("alpha", alphas[timesteps], persistent=False)

@@ -84,6 +84,7 @@ class Learner:
             "noise": torch.optim.Adam(self.chain.noise.parameters(), lr=p.noise_lr),
             "critic": torch.optim.Adam(self.critic.parameters(), lr=p.critic_lr),
         }
+        self.parameters = [q for o in self.optimizers.values() for g in o.param_groups for q in g["params"]]
         # the chain's density and the encoder's conditioning must not change with a train/eval
         # switch (random crops in training mode): everything stays in eval mode, gradients flow anyway
         policy.eval()
@@ -99,8 +100,7 @@ class Learner:
         """Chains, their log-likelihoods, values and the actions to execute (robot units) for `windows`."""
         batch = self.policy.observation_batches(windows)
         cond = self.policy.encode(batch)
-        chains = self.chain.sample(cond, generator)
-        log_probs = self.chain.log_prob(cond, chains)["log_prob"].sum(-1)
+        chains, log_probs = self.chain.sample(cond, generator)
         values = self.critic(cond.pooled)
         start, n = self.policy.chunk_start, self.policy.config.n_action_steps
         actions = self.policy.normalizer.unnormalize("action", chains[:, -1])[:, start:start + n]
@@ -175,8 +175,7 @@ class Learner:
                 for optimizer in self.optimizers.values():
                     optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                params = [q for group in self.optimizers.values() for g in group.param_groups for q in g["params"]]
-                torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(self.parameters, p.max_grad_norm)
                 self.optimizers["critic"].step()
                 if not actor_frozen:
                     self.optimizers["actor"].step()
@@ -273,6 +272,11 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
         logger.log(0, {"eval/success_rate": record["success_before"], "env_steps": 0, "wall_seconds": 0.0})
         learner.save(last, 0, record)
 
+    def score(iteration: int) -> float:
+        """The saved policy's success on the evaluation seeds, with the deterministic K-step sampler."""
+        return evaluate(last, env_name, eval_cfg, run_dir / f"eval_{iteration:04d}", progress=False).summary[
+            "success_rate"]
+
     env_kwargs = env_kwargs_for(policy.spec, cfg.eval, record=False)
     bar = None
     if show:
@@ -300,15 +304,12 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
             if evaluating or done % max(cfg.save_every, 1) == 0:
                 learner.save(last, done, record)
             if evaluating:
-                result = evaluate(last, env_name, eval_cfg, run_dir / f"eval_{done:04d}", progress=False)
-                metrics["eval/success_rate"] = result.summary["success_rate"]
-                record["success_after"] = result.summary["success_rate"]
+                metrics["eval/success_rate"] = record["success_after"] = score(done)
             logger.log(done, metrics)
     if bar is not None:
         bar.close()
     if record.get("success_after") is None:  # resumed with no iterations left: score what was saved
-        result = evaluate(last, env_name, eval_cfg, run_dir / f"eval_{start_iteration:04d}", progress=False)
-        record["success_after"] = result.summary["success_rate"]
+        record["success_after"] = score(start_iteration)
         logger.log(start_iteration, {"eval/success_rate": record["success_after"], "env_steps": record["env_steps"],
                                     "wall_seconds": record["wall_seconds"]})
     logger.close()
