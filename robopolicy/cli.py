@@ -64,6 +64,59 @@ def cmd_dataset_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dataset_quality(args: argparse.Namespace) -> int:
+    from robopolicy.config import load_config
+    from robopolicy.data import quality
+    from robopolicy.data.dataset import LeRobotDataset
+
+    ds = LeRobotDataset(args.path)  # a bad dataset fails here, before any training
+    cfg = None
+    if args.policy is None:
+        # a small flow policy (the low-dim recipe of configs/): fast enough to train once per fold
+        base = {"policy": {"head": "flow", "denoiser": {"unet_dims": [32, 64, 128]},
+                           "encoder": {"dim": 64, "state_keys": [k for k in ("observation.state", "observation.environment_state")
+                                                                 if k in ds.features]}},
+                "train": {"steps": 1000, "batch_size": 256, "lr": 1e-3, "warmup_steps": 50, "log_every": 100,
+                          "save_every": 1000, "keep_checkpoints": 1}}
+        cfg = load_config(args.config, [*args.overrides, *([f"train.steps={args.steps}"] if args.steps else [])],
+                          base=base)
+    elif args.config is not None or args.overrides or args.steps:
+        raise RobopolicyError("--config, --steps and overrides set up the held-out reference policies; with --policy there are none")
+    if args.keep is not None:
+        quality.check_rule(args.keep)  # a bad rule fails before the scoring
+    report = quality.score_dataset(args.path, policy_path=args.policy, cfg=cfg, folds=args.folds,
+                                   progress=not args.no_progress)
+    keep = quality.keep_episodes(report, args.keep) if args.keep is not None else None
+    out = Path(args.out) if args.out else ds.root.parent / f"{ds.root.name}_quality"
+    written = quality.write_outputs(report, out, keep)
+    print(f"reference: {report.reference}")
+    print(quality.format_table(report, top=args.top))
+    if keep is not None:
+        print(f"--keep {args.keep}: {len(keep)} of {report.num_episodes} episodes (keep.json); as a dataset:"
+              f" robopolicy dataset filter {args.path} --episodes {quality.episode_ranges(keep)} --out DIR")
+    print("wrote " + ", ".join(str(w) for w in written))
+    return 0
+
+
+def cmd_dataset_view(args: argparse.Namespace) -> int:
+    from robopolicy.data.view import render_episode
+
+    out = Path(args.out) if args.out else Path(f"{Path(args.path).name}_episode_{args.episode}.mp4")
+    if out.suffix.lower() != ".mp4":
+        raise RobopolicyError(f"--out {out}: dataset view writes an mp4 video (name it *.mp4)")
+    render_episode(args.path, args.episode, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_dataset_finalize(args: argparse.Namespace) -> int:
+    from robopolicy.data.writer import finalize_interrupted
+
+    kept = finalize_interrupted(args.path)
+    print(f"{args.path}: finalized with the {kept} episodes saved before the interruption")
+    return 0
+
+
 def _edit_destination(args: argparse.Namespace, source) -> tuple[Path, Path | None]:
     """Where an edit writes: --out, or (--in-place) the source folder itself, swapped in atomically."""
     if args.in_place == (args.out is not None):
@@ -205,7 +258,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     result = collect(args.env, args.episodes, args.out, images=args.images, image_size=args.image_size,
                      workers=args.workers, seed=args.seed, keep_failed=args.keep_failed, max_steps=args.max_steps,
                      video_codec=args.codec, overwrite=args.overwrite, progress=not args.no_progress,
-                     every_instruction=args.every_instruction, noise=args.noise, resume=args.resume)
+                     every_instruction=args.every_instruction, noise=args.noise, resume=args.resume,
+                     degrade=args.degrade)
     print(f"wrote {result.root}: {result.kept} episodes, {result.frames} frames"
           f" (expert success {result.successes}/{result.attempted})")
     return 0
@@ -330,6 +384,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if args.server and not args.server.startswith(("ws://", "wss://")):
         raise RobopolicyError(f"--server must be a ws:// or wss:// URL, got {args.server!r}")
     require_positive(args, "max_steps", "n_action_steps", "inference_steps")
+    if not (math.isfinite(args.record_segment_s) and args.record_segment_s >= 0):
+        raise RobopolicyError(f"--record-segment-s must be >= 0 seconds (0: one episode), got {args.record_segment_s:g}")
     if args.checkpoint:
         from robopolicy.policy.policy import Policy
 
@@ -349,7 +405,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     report = deploy(policy, robot, hz=args.hz, duration_s=args.duration, max_steps=args.max_steps,
                     strategy=args.strategy, n_action_steps=args.n_action_steps, inference_steps=args.inference_steps,
                     safety=safety, watchdog=watchdog, record=args.record, seed=args.seed,
-                    stop_when_done=not args.keep_running, latency_margin_steps=args.latency_margin)
+                    stop_when_done=not args.keep_running, latency_margin_steps=args.latency_margin,
+                    record_segment_s=args.record_segment_s or None)
     s = report.summary()
     print(f"stopped: {s['stop_reason']} after {s['steps']} steps at {args.hz:g} Hz"
           + (f"; task success: {s['success']}" if s["success"] is not None else ""))
@@ -459,6 +516,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_dataset_merge)
+    p = dverbs.add_parser("finalize", help="make a killed collection or deploy recording a dataset of its saved episodes")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_dataset_finalize)
+    p = dverbs.add_parser("view", help="one episode as an mp4: cameras side by side, state/action curves under them")
+    p.add_argument("path")
+    p.add_argument("--episode", type=int, required=True)
+    p.add_argument("--out", default=None, help="mp4 file (default: <dataset>_episode_<N>.mp4 here)")
+    p.set_defaults(func=cmd_dataset_view)
+    p = dverbs.add_parser("quality", help="per-episode quality scores (divergence, compatibility, diversity, idle, jerk, ...)")
+    p.add_argument("path")
+    p.add_argument("--policy", default=None, help="reference policy checkpoint (default: train held-out-fold policies)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="experiment YAML whose policy/train sections shape the held-out policies (default: low-dim flow)")
+    p.add_argument("--folds", type=int, default=3, help="held-out folds (one reference policy each)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per fold policy (default 1000)")
+    p.add_argument("--keep", default=None, metavar="RULE",
+                   help="write keep.json with the episodes to train on: best:0.67, suspicion<1.0, z_jerk<3, ...")
+    p.add_argument("--out", default=None, help="folder for quality.json, quality.png, keep.json (default: PATH_quality)")
+    p.add_argument("--top", type=int, default=20, help="rows of the terminal table")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="key.sub=value",
+                   help="override of the fold policies' config (repeatable), e.g. --set train.steps=2000")
+    p.set_defaults(func=cmd_dataset_quality)
     p = dverbs.add_parser("convert", help="convert robomimic HDF5 demonstrations to LeRobot v3.0")
     p.add_argument("input", help="robomimic .hdf5 file")
     p.add_argument("--out", required=True, help="output dataset folder")
@@ -538,6 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-inference-s", type=float, default=2.0, help="watchdog: inference budget, seconds")
     p.add_argument("--seed", type=int, default=100_000)
     p.add_argument("--record", default=None, help="write the run as a LeRobot v3.0 dataset to this folder")
+    p.add_argument("--record-segment-s", type=float, default=10.0, metavar="SECONDS",
+                   help="save the recording as episodes of at most this long, each safe from a kill once saved"
+                        " (0: the whole run as one episode)")
     p.add_argument("--report", default=None, help="write the loop statistics as JSON")
     p.add_argument("--keep-running", action="store_true", help="sim: do not stop when the episode ends")
     p.set_defaults(func=cmd_deploy)
@@ -573,6 +656,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, default=0.0,
                    help="DART: execute the expert's action plus Gaussian noise of this standard deviation (action"
                         " units) and record the clean action, so the demos show how to recover from small errors")
+    p.add_argument("--degrade", type=float, default=0.0, metavar="FRACTION",
+                   help="make this fraction of the episodes (chosen by seed) shaky, hesitant or detouring takes,"
+                        " tagged source: degraded-<kind> (a known answer for `dataset quality`)")
     p.add_argument("--codec", choices=["av1", "h264"], default="av1")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it holds anything")
     p.add_argument("--resume", action="store_true",

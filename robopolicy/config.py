@@ -34,6 +34,18 @@ class CollectConfig:
     seed: int = 0
     every_instruction: bool = False  # record each layout once per instruction of the env
     noise: float = 0.0  # DART: std of the noise added to the executed (not the recorded) expert actions
+    degrade: float = 0.0  # fraction of bad takes (shaky, hesitant, detour), tagged degraded-<kind>
+    # DART episodes collected after the clean ones (seeds from dart_seed) and merged behind them
+    dart_episodes: int = 0
+    dart_noise: float = 0.1
+    dart_seed: int = 1000
+
+    def __post_init__(self):
+        if self.dart_episodes < 0:
+            raise ValueError(f"collect.dart_episodes must be >= 0, got {self.dart_episodes}")
+        if self.dart_episodes and self.dart_seed < self.seed + self.episodes:
+            raise ValueError(f"collect.dart_seed ({self.dart_seed}) must come after the clean episodes' seeds"
+                             f" ({self.seed}..{self.seed + self.episodes - 1} and up)")
 
 
 @dataclass

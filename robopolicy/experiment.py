@@ -31,10 +31,25 @@ def ensure_dataset(cfg: ExperimentConfig) -> Path:
     except DatasetError:
         if not cfg.collect.env:
             raise
-        print(f"[1/3] collecting {cfg.collect.episodes} expert demonstrations of {cfg.collect.env} into {data}")
         c = cfg.collect
-        collect(c.env, c.episodes, data, images=c.images, image_size=c.image_size, workers=c.workers, seed=c.seed,
-                every_instruction=c.every_instruction, noise=c.noise, overwrite=True)
+        extra = f" and {c.dart_episodes} with DART noise {c.dart_noise}" if c.dart_episodes else ""
+        print(f"[1/3] collecting {c.episodes} expert demonstrations of {c.env}{extra} into {data}")
+        common = dict(images=c.images, image_size=c.image_size, workers=c.workers, overwrite=True)
+        if not c.dart_episodes:
+            collect(c.env, c.episodes, data, seed=c.seed, every_instruction=c.every_instruction, noise=c.noise,
+                    degrade=c.degrade, **common)
+            return data
+        parts = [data.with_name(data.name + ".clean"), data.with_name(data.name + ".dart")]
+        collect(c.env, c.episodes, parts[0], seed=c.seed, every_instruction=c.every_instruction, noise=c.noise,
+                degrade=c.degrade, **common)
+        collect(c.env, c.dart_episodes, parts[1], seed=c.dart_seed, every_instruction=c.every_instruction,
+                noise=c.dart_noise, **common)
+        from robopolicy.data.edit import write_episodes
+
+        sources = [LeRobotDataset(p) for p in parts]
+        write_episodes([(ds, list(range(ds.num_episodes))) for ds in sources], data, overwrite=True)
+        for part in parts:
+            shutil.rmtree(part)
     return data
 
 

@@ -201,6 +201,34 @@ def test_sigterm_shuts_down_cleanly_and_keeps_the_recording(toy_checkpoint, tmp_
     assert len(ds) > 10
 
 
+def test_kill_9_mid_recording_keeps_every_saved_segment(toy_checkpoint, tmp_path):
+    rec = tmp_path / "rec"
+    cmd = [sys.executable, "-m", "robopolicy.cli", "deploy", "--checkpoint", str(toy_checkpoint),
+           "--robot", f"sim:{TOY}", "--hz", "20", "--duration", "120", "--keep-running",
+           "--record", str(rec), "--record-segment-s", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    journal = rec / "meta" / "episodes.journal.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (journal.is_file() and len(journal.read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    time.sleep(0.5)  # land the kill part-way through the next segment
+    proc.kill()
+    proc.wait(timeout=30)
+    info = subprocess.run([sys.executable, "-m", "robopolicy.cli", "dataset", "info", str(rec)],
+                          capture_output=True, text=True, timeout=120)
+    assert info.returncode == 2 and "an interrupted write" in info.stderr and "dataset finalize" in info.stderr
+    done = subprocess.run([sys.executable, "-m", "robopolicy.cli", "dataset", "finalize", str(rec)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    ds = LeRobotDataset(rec)
+    assert ds.num_episodes >= 3 and set(ds.episodes.length.tolist()) == {20}  # whole 1 s segments at 20 Hz
+    assert np.isfinite(ds.columns["action"]).all()
+    again = subprocess.run([sys.executable, "-m", "robopolicy.cli", "dataset", "finalize", str(rec)],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "not an interrupted write" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.slow
 def test_compiled_deploy_on_a_cpu_finishes_the_task(toy_checkpoint):
     """`deploy --compile` on a CPU: the U-Net runs in ONNX Runtime and the loop still solves the task."""

@@ -88,7 +88,8 @@ def load_info(root: Path) -> dict[str, Any]:
     if not (root / INFO_PATH).is_file() and journal.is_file():
         saved = sum(1 for line in journal.read_text().splitlines() if line.strip())
         raise DatasetError(f"{root}: an interrupted write, not a finished dataset: {saved} episodes are saved"
-                           f" ({JOURNAL_PATH}); `robopolicy collect ... --out {root} --resume` continues it")
+                           f" ({JOURNAL_PATH}); `robopolicy dataset finalize {root}` keeps them as a dataset,"
+                           f" `robopolicy collect ... --out {root} --resume` continues a collection")
     info = load_json(root / INFO_PATH)
     if not isinstance(info, dict):
         raise DatasetError(f"{root / INFO_PATH}: must be a JSON object, got {type(info).__name__}")

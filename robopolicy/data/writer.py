@@ -246,13 +246,20 @@ class DatasetWriter:
     def _journal(self, record: dict, ep_stats: dict) -> None:
         """The episode's files are closed; now say so, on disk, before returning."""
         line = {"record": record, "stats": stats_lib.to_json(ep_stats), "tasks": self.tasks,
-                "tagged": self._tagged, "extra": dict(self.journal_extra)}
+                "tagged": self._tagged, "extra": dict(self.journal_extra), "writer": self.settings()}
         path = self.root / fmt.JOURNAL_PATH
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
             f.write(json.dumps(line) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+    def settings(self) -> dict[str, Any]:
+        """The constructor arguments that shape the files: what `finalize_interrupted` reopens with."""
+        mb = 1024 * 1024
+        return {"fps": self.fps, "features": self.features, "robot_type": self.robot_type,
+                "video_codec": self.video_codec, "chunks_size": self.chunks_size,
+                "data_files_size_in_mb": self.data_file_limit // mb, "video_files_size_in_mb": self.video_file_limit // mb}
 
     def _resume(self, journal: Path) -> None:
         lines = []
@@ -455,3 +462,25 @@ class DatasetWriter:
                 self._data_writer.close()
             for encoder in self._encoders.values():
                 encoder.close()
+
+
+def finalize_interrupted(root: str | Path) -> int:
+    """Turn an interrupted durable write (a `collect` or `deploy --record` killed with kill -9) into
+    an ordinary dataset of the episodes it saved; returns how many. The episode that was being
+    written when the process died is not among them."""
+    root = Path(root)
+    journal = root / fmt.JOURNAL_PATH
+    if (root / fmt.INFO_PATH).is_file() or not journal.is_file():
+        raise DatasetError(f"{root}: not an interrupted write (no {fmt.JOURNAL_PATH}, or meta/info.json is already there)")
+    settings = None
+    for text in journal.read_text().splitlines():
+        try:
+            settings = json.loads(text).get("writer")
+        except json.JSONDecodeError:
+            pass
+        break
+    if not settings:
+        raise DatasetError(f"{journal}: no complete episode was saved before the interruption; nothing to keep")
+    writer = DatasetWriter(root, resume=True, **settings)
+    writer.finalize()
+    return len(writer.episodes)

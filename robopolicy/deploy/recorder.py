@@ -11,12 +11,15 @@ from robopolicy.data.writer import DatasetWriter
 
 
 class DeployRecorder:
-    """One episode per deployment run: every tick's observation and the action actually sent.
+    """Every tick's observation and the action actually sent, as episodes of at most `segment_s`.
 
-    The writer is durable: once the run's episode is saved (at the end of the run, also on Ctrl-C,
-    SIGTERM or a safe stop) its files are closed and journaled, so a later kill cannot take it."""
+    The writer is durable: each saved episode's files are closed and journaled before the run goes
+    on, so a kill -9 of the deployment loses at most the segment in progress; `robopolicy dataset
+    finalize DIR` then makes the saved segments a dataset. Ctrl-C, SIGTERM and safe stops save the
+    last, shorter segment and finalize as usual. `segment_s=None` keeps the whole run one episode."""
 
-    def __init__(self, root: str | Path, robot, fps: int, task: str, video_codec: str = "av1", overwrite: bool = False):
+    def __init__(self, root: str | Path, robot, fps: int, task: str, video_codec: str = "av1", overwrite: bool = False,
+                 segment_s: float | None = 10.0):
         features = dict(robot.observation_features)
         features.update(robot.action_features)
         self.keys = [k for k in features if k != "action"]
@@ -24,10 +27,13 @@ class DeployRecorder:
         self.writer = DatasetWriter(root, fps=fps, features=features, robot_type=getattr(robot, "name", None),
                                     video_codec=video_codec, overwrite=overwrite, durable=True)
         self.frames = 0
+        self.segment_frames = max(1, round(segment_s * fps)) if segment_s else None
 
     def add(self, observation: dict, action: np.ndarray) -> None:
         self.writer.add_frame({**{k: observation[k] for k in self.keys}, "action": action}, task=self.task)
         self.frames += 1
+        if self.segment_frames and self.writer.episode_buffer_length >= self.segment_frames:
+            self.writer.save_episode()
 
     def close(self) -> None:
         if self.writer.episode_buffer_length:

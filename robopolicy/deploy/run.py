@@ -50,8 +50,11 @@ def deploy(policy, robot, hz: float = 20.0, duration_s: float | None = None, max
            strategy: str = "async", n_action_steps: int | None = None, inference_steps: int | None = None,
            safety: SafetyConfig | None = None, watchdog: WatchdogConfig | None = None,
            record: str | Path | None = None, seed: int = 0, stop_when_done: bool = True,
-           latency_margin_steps: int = 1) -> DeployReport:
+           latency_margin_steps: int = 1, record_segment_s: float | None = 10.0) -> DeployReport:
     """Run `policy` on `robot` at `hz` until a stop condition; see ControlLoop for the tick.
+
+    `record_segment_s`: with `record`, the run is saved as consecutive episodes of at most this many
+    seconds, each durable once saved (DeployRecorder); None keeps the run one episode.
 
     `latency_margin_steps`: extra ticks of queued actions the async strategies keep beyond the
     measured inference latency; raise it on a machine whose inference time jitters.
@@ -72,7 +75,7 @@ def deploy(policy, robot, hz: float = 20.0, duration_s: float | None = None, max
         from robopolicy.deploy.recorder import DeployRecorder
 
         task = robot.task or (policy.spec.tasks[0] if policy.spec.tasks else "deployment")
-        recorder = DeployRecorder(record, robot, fps=int(round(hz)), task=task)
+        recorder = DeployRecorder(record, robot, fps=int(round(hz)), task=task, segment_s=record_segment_s)
     loop = ControlLoop(robot, runtime, hz=hz, safety=guard, duration_s=duration_s, max_steps=max_steps,
                        watchdog=watchdog, recorder=recorder, stop_when_done=stop_when_done)
     return loop.run()

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from robopolicy.errors import EnvError, RobopolicyError
 from robopolicy.evaluate.config import EvalConfig
+from robopolicy.evaluate.report import write_report
 from robopolicy.evaluate.rollout import EpisodeResult, VideoQuota, run_episode, write_video
 
 SCHEMA_VERSION = 1
@@ -242,6 +243,7 @@ def evaluate(checkpoint: str | Path, env_name: str, cfg: EvalConfig, out_dir: st
     (out_dir / "eval.json").write_text(json.dumps(summary, indent=1))
     (out_dir / "episodes.jsonl").write_text("".join(json.dumps(e.to_json()) + "\n" for e in episodes))
     _plot(out_dir, episodes, summary)
+    write_report(out_dir, summary, [e.to_json() for e in episodes])
     if all(e.error for e in episodes):
         first = episodes[0]
         raise RobopolicyError(f"every one of the {len(episodes)} episodes crashed (report: {out_dir / 'eval.json'});"

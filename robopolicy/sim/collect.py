@@ -15,6 +15,10 @@ expert gets back. Dimensions named "gripper" and those the expert holds at exact
 of experts that never turn) are not perturbed: nothing would ever correct them. Such episodes are
 tagged `source: dart` in the episode table.
 
+`degrade` turns that fraction of the episodes (chosen by seed) into successful but bad takes —
+shaky, hesitant or with detours (robopolicy.sim.degrade) — tagged `source: degraded-<kind>`, the
+known answer against which data-quality scores are checked.
+
 `every_instruction` records each layout (seed) once per instruction the env knows (`env.tasks`),
 one after another. With one instruction per layout, a policy can learn which object each training
 scene wants from the scene itself and never read its instruction; when every scene appears with
@@ -44,6 +48,7 @@ class Episode:
     frames: list[dict] = field(default_factory=list)
     error: str | None = None
     index: int = -1  # the attempt's place in the collection order (seed order, then instruction order)
+    source: str | None = None  # episode-table tag: None (a plain demonstration), "dart", "degraded-<kind>"
 
 
 @dataclass
@@ -63,16 +68,23 @@ def perturbable_dims(env) -> np.ndarray:
 
 
 def run_expert_episode(env, expert, seed: int, max_steps: int | None = None,
-                       options: dict | None = None, noise: float = 0.0) -> Episode:
+                       options: dict | None = None, noise: float = 0.0, degrade: float = 0.0) -> Episode:
+    from robopolicy.sim.degrade import Degrader, degradation_for
+
     obs, _ = env.reset(seed=seed, options=options) if options else env.reset(seed=seed)
     expert.reset()
     episode = Episode(seed=seed, success=False, task=env.task)
     limit = max_steps or env.max_steps
     rng = np.random.default_rng([seed, 0xDA27])  # the noise of an episode is a function of its seed
     arm = perturbable_dims(env)
+    kind = degradation_for(seed, degrade)
+    degrader = Degrader(kind, seed, arm, horizon=limit // 3) if kind else None
+    episode.source = f"degraded-{kind}" if kind else ("dart" if noise > 0 else None)
     after = None
-    for _ in range(limit):
+    for t in range(limit):
         action = np.asarray(expert.act(obs), dtype=np.float32)
+        if degrader is not None:
+            action = degrader(action, t)  # recorded as executed: the take itself is bad
         episode.frames.append({**obs, "action": action})
         if noise > 0:
             perturb = arm & (action != 0)
@@ -90,8 +102,8 @@ def run_expert_episode(env, expert, seed: int, max_steps: int | None = None,
     return episode
 
 
-def _worker(env_name: str, env_kwargs: dict, max_steps: int | None, noise: float, work: mp.Queue,
-            results: mp.Queue) -> None:
+def _worker(env_name: str, env_kwargs: dict, max_steps: int | None, noise: float, degrade: float,
+            work: mp.Queue, results: mp.Queue) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
     from robopolicy.sim.registry import make_env, make_expert
 
@@ -107,7 +119,7 @@ def _worker(env_name: str, env_kwargs: dict, max_steps: int | None, noise: float
             break
         index, seed, options = item
         try:
-            episode = run_expert_episode(env, expert, seed, max_steps, options, noise=noise)
+            episode = run_expert_episode(env, expert, seed, max_steps, options, noise=noise, degrade=degrade)
         except Exception:
             episode = Episode(seed=seed, success=False, task="", error=traceback.format_exc(limit=3))
         episode.index = index
@@ -119,7 +131,7 @@ def collect(env_name: str, episodes: int, out: str | Path, images: bool = False,
             workers: int = 1, seed: int = 0, keep_failed: bool = False, max_steps: int | None = None,
             video_codec: str = "av1", overwrite: bool = False, progress: bool = True,
             max_attempts: int | None = None, every_instruction: bool = False, noise: float = 0.0,
-            resume: bool = False) -> CollectResult:
+            resume: bool = False, degrade: float = 0.0) -> CollectResult:
     """Collect `episodes` episodes from seeds seed, seed+1, ... into a new dataset at `out`
     (with `every_instruction`, each seed once per instruction of the env). `resume` continues a
     collection into `out` that was killed, after its last saved episode, with the same seeds."""
@@ -131,6 +143,8 @@ def collect(env_name: str, episodes: int, out: str | Path, images: bool = False,
         raise RobopolicyError(f"--episodes must be >= 1, got {episodes}")
     if not 0.0 <= noise < 1.0:
         raise RobopolicyError(f"--noise is a standard deviation in action units, in [0, 1); got {noise}")
+    if not 0.0 <= degrade <= 1.0:
+        raise RobopolicyError(f"--degrade is the fraction of episodes to degrade, in [0, 1]; got {degrade}")
     env_kwargs = {"images": images, "image_size": image_size}
     probe = make_env(env_name, **env_kwargs)
     features, fps = probe.features, int(probe.metadata.get("render_fps", 20))
@@ -161,7 +175,7 @@ def collect(env_name: str, episodes: int, out: str | Path, images: bool = False,
     ctx = mp.get_context("spawn")
     work_queue: mp.Queue = ctx.Queue()
     result_queue: mp.Queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(env_name, env_kwargs, max_steps, noise, work_queue, result_queue), daemon=True)
+    procs = [ctx.Process(target=_worker, args=(env_name, env_kwargs, max_steps, noise, degrade, work_queue, result_queue), daemon=True)
              for _ in range(max(1, workers))]
     for p in procs:
         p.start()
@@ -202,7 +216,7 @@ def collect(env_name: str, episodes: int, out: str | Path, images: bool = False,
                         for frame in ep.frames:
                             writer.add_frame(frame, task=ep.task)
                         writer.journal_extra = {"attempt": ep.index, "seed": ep.seed}
-                        writer.save_episode(source="dart" if noise > 0 else None)
+                        writer.save_episode(source=ep.source)
                         kept += 1
                         frames += len(ep.frames)
                         if bar is not None:
