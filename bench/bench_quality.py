@@ -2,6 +2,7 @@
 
   python bench/bench_quality.py configs/square_lowdim_flow.yaml --episodes 300 --degrade 0.33 \\
       [--fold-steps 1000] [--set train.steps=6000 ...]
+  ... --reuse-scores --trained-elsewhere DIR --trained-on "1x H200"   # arms trained on another machine
 
 1. collect `--episodes` expert episodes of the config's env (seeds 0..), a `--degrade` fraction of
    them bad takes (`robopolicy collect --degrade`: shaky, hesitant, detours; tagged in the episode
@@ -36,6 +37,10 @@ def main() -> None:
     parser.add_argument("--degrade", type=float, default=0.33)
     parser.add_argument("--fold-steps", type=int, default=1000)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="key.sub=value")
+    parser.add_argument("--reuse-scores", action="store_true", help="read runs/<name>_quality/ instead of scoring again")
+    parser.add_argument("--trained-elsewhere", type=Path, default=None, metavar="DIR",
+                        help="the three arms' run folders (<name>_{all,filtered,clean}) were trained on another machine")
+    parser.add_argument("--trained-on", default="2-core CPU")
     args = parser.parse_args()
 
     from robopolicy.config import load_config
@@ -57,13 +62,19 @@ def main() -> None:
     degraded = {e for e, s in enumerate(ds.episodes.sources) if s.startswith("degraded-")}
     clean = [e for e in range(ds.num_episodes) if e not in degraded]
 
-    start = time.perf_counter()
-    fold_cfg = load_config(args.config, [*args.overrides, f"train.steps={args.fold_steps}", "train.progress=false",
-                                         f"train.save_every={args.fold_steps}", "train.keep_checkpoints=1"])
-    report = quality.score_dataset(data, cfg=fold_cfg, folds=3, progress=False)
-    keep = quality.keep_episodes(report, f"best:{1.0 - args.degrade:.4f}")
-    quality.write_outputs(report, Path("runs") / f"{name}_quality", keep)
-    timings["score_s"] = time.perf_counter() - start
+    score_dir = Path("runs") / f"{name}_quality"
+    if args.reuse_scores:
+        scored = json.loads((score_dir / "quality.json").read_text())
+        keep, scorer = scored["keep"], scored["reference"]
+    else:
+        start = time.perf_counter()
+        fold_cfg = load_config(args.config, [*args.overrides, f"train.steps={args.fold_steps}", "train.progress=false",
+                                             f"train.save_every={args.fold_steps}", "train.keep_checkpoints=1"])
+        report = quality.score_dataset(data, cfg=fold_cfg, folds=3, progress=False)
+        keep = quality.keep_episodes(report, f"best:{1.0 - args.degrade:.4f}")
+        quality.write_outputs(report, score_dir, keep)
+        scorer = report.reference
+        timings["score_s"] = time.perf_counter() - start
     left_out = set(range(ds.num_episodes)) - set(keep)
     precision = len(left_out & degraded) / max(len(left_out), 1)
     recall = len(left_out & degraded) / max(len(degraded), 1)
@@ -76,21 +87,32 @@ def main() -> None:
                                             "train.progress=false"])
         run_cfg.data.episodes = episodes
         start = time.perf_counter()
-        trained, evaluated = train_then_evaluate(run_cfg)
-        s = evaluated.summary
+        if args.trained_elsewhere is None:
+            trained, evaluated = train_then_evaluate(run_cfg)
+            s, steps = evaluated.summary, trained.steps
+        else:
+            from robopolicy.evaluate.evaluator import evaluate
+
+            run_dir = args.trained_elsewhere / run_cfg.name
+            s = evaluate(run_dir / "checkpoints" / "last", cfg.eval.env, run_cfg.eval, run_dir / "eval" / "final",
+                         progress=False).summary
+            steps = json.loads((run_dir / "summary.json").read_text())["steps"]
         results[part] = {"successes": s["successes"], "episodes": s["episodes"], "success_rate": s["success_rate"],
                          "ci95": s["ci95"], "trained_on": len(episodes) if episodes is not None else ds.num_episodes,
-                         "train_steps": trained.steps, "seconds": time.perf_counter() - start}
+                         "train_steps": steps, "seconds": time.perf_counter() - start}
         print(f"{part}: {s['successes']}/{s['episodes']} trained on {results[part]['trained_on']} episodes", flush=True)
 
     command = (f"python bench/bench_quality.py {args.config} --episodes {args.episodes} --degrade {args.degrade}"
-               f" --fold-steps {args.fold_steps}" + "".join(f" --set {o}" for o in args.overrides))
+               f" --fold-steps {args.fold_steps}" + "".join(f" --set {o}" for o in args.overrides)
+               + (f" --reuse-scores --trained-elsewhere {args.trained_elsewhere} --trained-on '{args.trained_on}'"
+                  if args.trained_elsewhere else ""))
     record = {
         "env": cfg.collect.env, "head": cfg.policy.head, "episodes": results["all"]["episodes"],
         "success_all": results["all"], "success_filtered": results["filtered"], "success_clean": results["clean"],
         "demos": ds.num_episodes, "degraded": sorted(degraded), "kept": keep,
         "degraded_kinds": {k: sum(s == f"degraded-{k}" for s in ds.episodes.sources) for k in ("shaky", "hesitant", "detour")},
-        "precision": precision, "recall": recall, "scorer": report.reference, "timings": timings,
+        "precision": precision, "recall": recall, "scorer": scorer, "timings": timings,
+        "arms_trained_on": args.trained_on,
         "eval_seeds": [cfg.eval.seed, cfg.eval.seed + cfg.eval.episodes - 1],
         "machine": machine(), "command": command,
     }
