@@ -76,10 +76,11 @@ def cmd_dataset_quality(args: argparse.Namespace) -> int:
         base = {"policy": {"head": "flow", "denoiser": {"unet_dims": [32, 64, 128]},
                            "encoder": {"dim": 64, "state_keys": [k for k in ("observation.state", "observation.environment_state")
                                                                  if k in ds.features]}},
-                "train": {"steps": 1000, "batch_size": 256, "lr": 1e-3, "warmup_steps": 50, "log_every": 100,
-                          "save_every": 1000, "keep_checkpoints": 1}}
-        cfg = load_config(args.config, [*args.overrides, *([f"train.steps={args.steps}"] if args.steps else [])],
-                          base=base)
+                "train": {"batch_size": 256, "lr": 1e-3, "warmup_steps": 50, "log_every": 100}}
+        # the fold policies are quick references whatever the config trains for; --set can still change that
+        steps = args.steps or 1000
+        cfg = load_config(args.config, [f"train.steps={steps}", f"train.save_every={steps}", "train.keep_checkpoints=1",
+                                         *args.overrides], base=base)
     elif args.config is not None or args.overrides or args.steps:
         raise RobopolicyError("--config, --steps and overrides set up the held-out reference policies; with --policy there are none")
     if args.keep is not None:
