@@ -25,7 +25,7 @@ import json
 import math
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -48,7 +48,6 @@ class QualityReport:
     z: dict[str, np.ndarray]
     suspicion: np.ndarray
     reference: str  # where the policy-based scores came from
-    notes: list[str] = field(default_factory=list)
 
     @property
     def num_episodes(self) -> int:
@@ -61,7 +60,6 @@ class QualityReport:
     def to_json(self) -> dict:
         return {
             "reference": self.reference,
-            "notes": self.notes,
             "scores": list(self.raw),
             "episodes": [
                 {"episode": e, "suspicion": round(float(self.suspicion[e]), 4),
@@ -241,7 +239,6 @@ def score_dataset(path: str | Path, policy_path: str | Path | None = None, cfg=N
         raise ConfigError(f"{path}: quality scores compare episodes with each other; it has {ds.num_episodes}")
     raw = plain_signals(ds)
     raw = {"transition_novelty": transition_novelty(ds), **raw}
-    notes = []
     if policy_path is not None:
         from robopolicy.policy.policy import Policy
 
@@ -262,7 +259,7 @@ def score_dataset(path: str | Path, policy_path: str | Path | None = None, cfg=N
     # a long take is only suspicious when longer than usual; short ones are the expert's best
     z["length"] = np.maximum(z["length"], 0.0)
     suspicion = np.mean([np.clip(v, *Z_CLIP) for v in z.values()], axis=0)
-    return QualityReport(raw=raw, z=z, suspicion=suspicion, reference=reference, notes=notes)
+    return QualityReport(raw=raw, z=z, suspicion=suspicion, reference=reference)
 
 
 _RULE = re.compile(r"^\s*(?:(best)\s*:\s*([0-9.]+)|([a-z_]+)\s*(<=|>=|<|>)\s*(-?[0-9.]+))\s*$")
