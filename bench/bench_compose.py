@@ -18,14 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-from benchlib import machine
+from benchlib import machine, success_figure
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _figure(summary: dict) -> dict:
-    return {"successes": summary["successes"], "episodes": summary["episodes"],
-            "success_rate": summary["success_rate"], "ci95": summary["ci95"]}
 
 
 def main() -> None:
@@ -49,7 +44,7 @@ def main() -> None:
     parts = []
     for i, checkpoint in enumerate(args.checkpoints):
         summary = evaluate(checkpoint, args.env, base, out / f"part_{i}", progress=False).summary
-        parts.append({"checkpoint": str(checkpoint), **_figure(summary)})
+        parts.append({"checkpoint": str(checkpoint), **success_figure(summary)})
         print(f"part {i}: {summary['successes']}/{summary['episodes']}", flush=True)
     composed_cfg = dataclasses.replace(base, compose=[str(args.checkpoints[1])])
     weights, table = search_weights(args.checkpoints[0], args.env, composed_cfg, out, seed=args.search_seed,
@@ -60,7 +55,7 @@ def main() -> None:
     command = (f"python bench/bench_compose.py {args.name} {args.checkpoints[0]} {args.checkpoints[1]} --env {args.env}"
                f" --episodes {args.episodes} --seed {args.seed} --search-seed {args.search_seed}"
                f" --search-episodes {args.search_episodes}")
-    record = {"env": args.env, "success_parts": parts, "success_composed": _figure(summary), "weights": weights,
+    record = {"env": args.env, "success_parts": parts, "success_composed": success_figure(summary), "weights": weights,
               "search": table, "episodes": args.episodes, "seeds": [args.seed, args.seed + args.episodes - 1],
               "machine": machine(), "command": command}
     RESULTS.mkdir(exist_ok=True)

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import machine
+from benchlib import machine, success_figure
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -97,8 +97,7 @@ def main() -> None:
             s = evaluate(run_dir / "checkpoints" / "last", cfg.eval.env, run_cfg.eval, run_dir / "eval" / "final",
                          progress=False).summary
             steps = json.loads((run_dir / "summary.json").read_text())["steps"]
-        results[part] = {"successes": s["successes"], "episodes": s["episodes"], "success_rate": s["success_rate"],
-                         "ci95": s["ci95"], "trained_on": len(episodes) if episodes is not None else ds.num_episodes,
+        results[part] = {**success_figure(s), "trained_on": len(episodes) if episodes is not None else ds.num_episodes,
                          "train_steps": steps, "seconds": time.perf_counter() - start}
         print(f"{part}: {s['successes']}/{s['episodes']} trained on {results[part]['trained_on']} episodes", flush=True)
 

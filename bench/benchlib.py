@@ -52,3 +52,9 @@ def interleaved_median_ms(fns: dict[str, Callable[[], object]], repeats: int, wa
             fn()
             times[name].append(time.perf_counter() - start)
     return {name: float(np.median(t) * 1000) for name, t in times.items()}
+
+
+def success_figure(summary: dict) -> dict:
+    """The success part of an evaluation summary (eval.json), as the results files record it."""
+    return {"successes": summary["successes"], "episodes": summary["episodes"],
+            "success_rate": summary["success_rate"], "ci95": summary["ci95"]}

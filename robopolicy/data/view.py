@@ -77,9 +77,9 @@ def render_episode(path: str | Path, episode: int, out: str | Path) -> Path:
     height += height % 2
     out = Path(out)
     encoder = VideoEncoder(out, fps=ds.fps, width=width, height=height, codec="h264", crf=23, gop=30)
+    frame = np.full((height, width, 3), 255, dtype=np.uint8)  # one canvas, redrawn in place every frame
     try:
         for i in range(len(rows)):
-            frame = np.full((height, width, 3), 255, dtype=np.uint8)
             x = 0
             for frames in cameras.values():
                 image = _resize(frames[i], CAMERA_HEIGHT)

@@ -472,13 +472,11 @@ def finalize_interrupted(root: str | Path) -> int:
     journal = root / fmt.JOURNAL_PATH
     if (root / fmt.INFO_PATH).is_file() or not journal.is_file():
         raise DatasetError(f"{root}: not an interrupted write (no {fmt.JOURNAL_PATH}, or meta/info.json is already there)")
-    settings = None
-    for text in journal.read_text().splitlines():
-        try:
-            settings = json.loads(text).get("writer")
-        except json.JSONDecodeError:
-            pass
-        break
+    first = journal.read_text().partition("\n")[0]
+    try:
+        settings = json.loads(first).get("writer") if first.strip() else None
+    except json.JSONDecodeError:  # the first episode's line was cut by the kill
+        settings = None
     if not settings:
         raise DatasetError(f"{journal}: no complete episode was saved before the interruption; nothing to keep")
     writer = DatasetWriter(root, resume=True, **settings)
