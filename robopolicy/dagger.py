@@ -20,7 +20,9 @@ seeds, episodes and frames added, rollout success, training seconds).
 Seeds: demonstrations count from 0, evaluation from 100000; DAgger rollouts use
 `dagger.seed` (300000) + (round - 1) * episodes_per_round + i, disjoint from both.
 A killed run continues with `--resume`: finished rounds (their summary.json and dataset) are
-kept, the round in progress restarts.
+kept; in the round in progress every labelled episode saved before the kill is kept (each is
+journaled as it finishes, rollouts/round_K/labelled) and only the missing seeds are rolled out,
+and its training continues from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -48,8 +50,81 @@ def round_config(cfg: ExperimentConfig, r: int, data: Path, init_from: Path | No
                                data=dataclasses.replace(cfg.data, path=str(data)), train=train)
 
 
-def aggregate(previous: Path, labelled: list, out: Path) -> int:
-    """Write `previous` + the labelled episodes to a new dataset at `out`; returns frames added.
+class LabelledRollouts:
+    """A round's expert-labelled rollouts, saved to a durable dataset one episode at a time.
+
+    Each episode is written and journaled the moment it finishes, so a kill -9 loses only the
+    episodes still running; a resumed round reopens the journal and rolls out only the seeds it
+    does not hold yet. When every seed is saved, `labelled.json` (seed, success, length per
+    episode) is written and the dataset finalized: both together mark the rollouts complete.
+    """
+
+    def __init__(self, folder: Path, source_features: dict, fps: int, robot_type: str | None, resume: bool):
+        from robopolicy.data.writer import DatasetWriter
+
+        self.root, self.results_path = folder / "labelled", folder / "labelled.json"
+        self.source_features, self.fps, self.robot_type = source_features, fps, robot_type
+        self.writer = None
+        self.saved: dict[int, dict] = {}
+        journal = self.root / fmt.JOURNAL_PATH
+        if resume and self.complete:
+            self.saved = {int(r["seed"]): r for r in json.loads(self.results_path.read_text())}
+        elif resume and (settings := self._journaled_settings(journal)):
+            self.writer = DatasetWriter(self.root, resume=True, **settings)
+            self.saved = {int(e["seed"]): e for e in self.writer.resumed_extras}
+        elif folder.exists():
+            shutil.rmtree(folder)
+
+    @staticmethod
+    def _journaled_settings(journal: Path) -> dict | None:
+        """The writer settings on the journal's first line; None when no episode was saved
+        (no journal, or its first line was cut by the kill)."""
+        try:
+            return json.loads(journal.read_text().partition("\n")[0])["writer"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    @property
+    def complete(self) -> bool:
+        return self.results_path.is_file() and (self.root / fmt.INFO_PATH).is_file()
+
+    def save(self, episode) -> None:
+        """`evaluate`'s on_episode: append one labelled episode (a crashed one has no labels and
+        is rolled out again on resume)."""
+        from robopolicy.data.writer import DatasetWriter
+
+        if not episode.labels:
+            return
+        if self.writer is None:
+            recorded = episode.labels[0]
+            features = {k: v for k, v in self.source_features.items() if k in recorded or k == "action"}
+            dropped = sorted(k for k in self.source_features if k not in features and k not in fmt.DEFAULT_FEATURES)
+            if dropped:
+                print(f"[dagger] the rollouts do not record {dropped}; the aggregated dataset leaves them out")
+            self.writer = DatasetWriter(self.root, fps=self.fps, features=features, robot_type=self.robot_type,
+                                        overwrite=True, durable=True)
+        for frame in episode.labels:
+            self.writer.add_frame({k: frame[k] for k in self.writer.user_keys}, task=episode.task)
+        result = {"seed": episode.seed, "success": bool(episode.success), "length": len(episode.labels),
+                  "episode_index": len(self.saved)}
+        self.writer.journal_extra = result
+        self.writer.save_episode(source="correction")
+        self.saved[episode.seed] = result
+
+    def finish(self) -> list[dict]:
+        """Close the dataset once every seed is saved; returns the per-seed results in seed order."""
+        results = [self.saved[s] for s in sorted(self.saved)]
+        if not self.complete:
+            tmp = self.results_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(results, indent=1))
+            tmp.replace(self.results_path)
+            self.writer.finalize()
+        return results
+
+
+def aggregate(previous: Path, labelled: Path, order: list[int], out: Path) -> int:
+    """Write `previous` + the labelled episodes (in `order`: seed order, whatever order the
+    rollouts finished in) to a new dataset at `out`; returns frames added.
 
     The new dataset keeps the features the rollouts recorded — everything the policy reads — so
     a low-dim policy trained on a dataset that also has cameras aggregates without them (its
@@ -58,34 +133,38 @@ def aggregate(previous: Path, labelled: list, out: Path) -> int:
     from robopolicy.data.edit import copy_episodes
     from robopolicy.data.writer import DatasetWriter
 
-    source = LeRobotDataset(previous)
-    recorded = labelled[0].labels[0]
-    features = {k: v for k, v in source.features.items() if k in recorded or k == "action"}
-    dropped = sorted(k for k in source.features if k not in features and k not in fmt.DEFAULT_FEATURES)
-    if dropped:
-        print(f"[dagger] the rollouts do not record {dropped}; the aggregated dataset leaves them out")
+    source, rollouts = LeRobotDataset(previous), LeRobotDataset(labelled)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
-    added = 0
+    features = {k: v for k, v in rollouts.features.items() if k not in fmt.DEFAULT_FEATURES}
     with DatasetWriter(tmp, fps=source.fps, features=features, robot_type=source.info.get("robot_type")) as writer:
         copy_episodes(source, writer)
-        for episode in labelled:
-            for frame in episode.labels:
-                writer.add_frame({k: frame[k] for k in writer.user_keys}, task=episode.task)
-            writer.save_episode(source="correction")
-            added += len(episode.labels)
+        copy_episodes(rollouts, writer, order)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)  # a dataset folder under data/ is always complete
-    return added
+    return len(rollouts)
+
+
+def train_round(rcfg: ExperimentConfig, resume: bool):
+    """Train one round; a round whose training was killed continues from its last checkpoint."""
+    from robopolicy.train.checkpoint import latest_checkpoint
+    from robopolicy.train.trainer import train
+
+    if resume and latest_checkpoint(rcfg.run_dir) is not None:
+        print(f"[dagger] {rcfg.name}: continuing its training from {latest_checkpoint(rcfg.run_dir)}")
+        return train(rcfg, resume=True)
+    if rcfg.run_dir.exists():
+        shutil.rmtree(rcfg.run_dir)
+    return train(rcfg)
 
 
 def run_dagger(config: str | Path, overrides: list[str] | None = None, resume: bool = False) -> dict:
+    from robopolicy.data.dataset import LeRobotDataset
     from robopolicy.evaluate.evaluator import evaluate
     from robopolicy.experiment import ensure_dataset
     from robopolicy.sim.registry import require_expert
-    from robopolicy.train.trainer import train
 
     cfg = load_config(config, overrides)
     d = cfg.dagger
@@ -126,27 +205,35 @@ def run_dagger(config: str | Path, overrides: list[str] | None = None, resume: b
             continue
         record = {"round": r, "data": str(round_data)}
         if r > 0:
-            seeds = d.seed + (r - 1) * d.episodes_per_round
-            print(f"[dagger] round {r}: {d.episodes_per_round} expert-labelled rollouts of {checkpoint}")
+            first = d.seed + (r - 1) * d.episodes_per_round
+            seeds = list(range(first, first + d.episodes_per_round))
+            source = LeRobotDataset(data)
+            store = LabelledRollouts(run_dir / "rollouts" / f"round_{r}", source.features, source.fps,
+                                     source.info.get("robot_type"), resume)
+            todo = [s for s in seeds if s not in store.saved]
             t = time.perf_counter()
-            rollout_cfg = dataclasses.replace(cfg.eval, episodes=d.episodes_per_round, seed=seeds, videos=0, every=0)
-            rollouts = evaluate(checkpoint, cfg.eval.env, rollout_cfg, run_dir / "rollouts" / f"round_{r}",
-                                label_with_expert=True, beta=d.beta)
+            if todo:
+                kept = f" ({len(store.saved)} saved before the interruption)" if store.saved else ""
+                print(f"[dagger] round {r}: {len(todo)} expert-labelled rollouts of {checkpoint}{kept}")
+                rollout_cfg = dataclasses.replace(cfg.eval, videos=0, every=0)
+                evaluate(checkpoint, cfg.eval.env, rollout_cfg, run_dir / "rollouts" / f"round_{r}",
+                         label_with_expert=True, beta=d.beta, seeds=todo, on_episode=store.save)
+                missing = [s for s in seeds if s not in store.saved]
+                if missing:  # evaluate() already raised if every one crashed
+                    print(f"[dagger] round {r}: seeds {missing} crashed; the round goes on without them")
+            results = store.finish()
             record["rollout_seconds"] = time.perf_counter() - t
             timings["rollout_s"] += record["rollout_seconds"]
-            labelled = [e for e in rollouts.episodes if e.labels]  # evaluate() raises if every one crashed
             t = time.perf_counter()
-            frames = aggregate(data, labelled, round_data)
+            frames = aggregate(data, store.root, [x["episode_index"] for x in results], round_data)
             timings["aggregate_s"] += time.perf_counter() - t
-            record.update(seeds=[seeds, seeds + d.episodes_per_round - 1], episodes_added=len(labelled),
-                          frames_added=frames, rollout_successes=rollouts.summary["successes"],
-                          rollout_success_rate=rollouts.summary["success_rate"])
-            print(f"[dagger] round {r}: policy succeeded in {rollouts.summary['successes']}/{len(labelled)}"
+            successes = sum(x["success"] for x in results)
+            record.update(seeds=[seeds[0], seeds[-1]], episodes_added=len(results), frames_added=frames,
+                          rollout_successes=successes, rollout_success_rate=successes / len(results))
+            print(f"[dagger] round {r}: policy succeeded in {successes}/{len(results)}"
                   f" rollouts; {frames} labelled frames added -> {round_data}")
-        if rcfg.run_dir.exists():
-            shutil.rmtree(rcfg.run_dir)
         print(f"[dagger] round {r}: training {rcfg.train.steps} steps on {round_data}")
-        result = train(rcfg)
+        result = train_round(rcfg, resume)
         record["train_seconds"] = result.train_seconds
         record["steps"] = result.steps
         timings["train_s"] += result.train_seconds

@@ -208,3 +208,60 @@ dagger: {{rounds: 2, episodes_per_round: 2, steps_per_round: 5}}
     assert ((run / "round_0" / "summary.json").stat().st_mtime_ns,
             (run / "round_1" / "summary.json").stat().st_mtime_ns) == kept  # finished rounds were not redone
     assert (run / "round_2" / "summary.json").is_file() and (run / "checkpoints" / "last" / "model.safetensors").is_file()
+
+
+def _dagger_cmd(config, *extra):
+    return [sys.executable, "-m", "robopolicy.cli", "dagger", "--config", str(config), *extra]
+
+
+@pytest.mark.slow
+def test_a_dagger_run_killed_mid_rollouts_keeps_its_labelled_episodes_and_resumes_to_the_same_data(tmp_path):
+    import os
+    import signal
+    import time
+
+    collect("test/reach", 10, tmp_path / "demos", workers=1, progress=False)
+
+    def config(name):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"""
+name: {name}
+output_dir: {tmp_path / 'runs'}
+data: {{path: {tmp_path / 'demos'}}}
+policy:
+  head: flow
+  encoder: {{cameras: [], state_keys: [observation.state, observation.environment_state], dim: 16}}
+  denoiser: {{unet_dims: [16, 32]}}
+train: {{steps: 20, batch_size: 16, warmup_steps: 2, progress: false}}
+eval: {{env: test/reach, episodes: 2, workers: 2, videos: 0}}
+dagger: {{rounds: 1, episodes_per_round: 8, steps_per_round: 5}}
+""")
+        return path
+
+    reference = subprocess.run(_dagger_cmd(config("reference")), capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+    killed = tmp_path / "runs" / "killed"
+    journal = killed / "rollouts" / "round_1" / "labelled" / "meta" / "episodes.journal.jsonl"
+    slow = {**os.environ, "TOY_STEP_SLEEP": "0.03"}  # so that the kill lands while rollouts run
+    proc = subprocess.Popen(_dagger_cmd(config("killed")), env=slow, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while (not journal.is_file() or len(journal.read_text().splitlines()) < 3) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before the kill"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job, rollout workers included
+    proc.wait()
+    saved = len(journal.read_text().splitlines())
+    assert 3 <= saved < 8
+    resumed = subprocess.run(_dagger_cmd(config("killed"), "--resume"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"({saved} saved before the interruption)" in resumed.stdout
+    rollouts = json.loads((killed / "rollouts" / "round_1" / "eval.json").read_text())
+    assert rollouts["episodes"] == 8 - saved  # only the missing seeds ran again
+    a = LeRobotDataset(tmp_path / "runs" / "reference" / "data" / "round_1")
+    b = LeRobotDataset(killed / "data" / "round_1")
+    assert b.episodes.sources == a.episodes.sources == ["demonstration"] * 10 + ["correction"] * 8
+    for key in ("observation.state", "action", "episode_index", "frame_index"):
+        np.testing.assert_array_equal(a.columns[key], b.columns[key])  # the same labelled data as a run never killed
+    state = json.loads((killed / "dagger.json").read_text())
+    assert state["rounds"][1]["seeds"] == [300000, 300007] and state["rounds"][1]["episodes_added"] == 8

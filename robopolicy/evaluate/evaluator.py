@@ -19,6 +19,7 @@ import queue
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -170,12 +171,16 @@ class _Pool:
 
 def evaluate(checkpoint: str | Path, env_name: str, cfg: EvalConfig, out_dir: str | Path,
              progress: bool = True, episode_timeout_s: float | None = None, label_with_expert: bool = False,
-             beta: float = 0.0) -> EvalResult:
+             beta: float = 0.0, seeds: list[int] | None = None,
+             on_episode: Callable[[EpisodeResult], None] | None = None) -> EvalResult:
     """Run cfg.episodes rollouts of the checkpoint in env_name; write the report into out_dir.
 
     `label_with_expert` (DAgger): the env's scripted expert shadows every rollout and each
     episode's `labels` hold the visited observations with the expert's actions; `beta` is the
     probability that a step executes the expert's action instead of the policy's.
+    `seeds` replaces the config's seed range (a resumed DAgger round runs only the seeds it has
+    not saved yet); `on_episode` is called in this process with each episode as it finishes, so a
+    caller can save it before the others are done.
     """
     from robopolicy.policy.policy import checkpoint_hash
     from robopolicy.sim.registry import entry, require_expert
@@ -185,8 +190,9 @@ def evaluate(checkpoint: str | Path, env_name: str, cfg: EvalConfig, out_dir: st
     if label_with_expert:
         require_expert(env_name)
     policy = load_policy(checkpoint, cfg)  # fails fast on a bad checkpoint
-    if cfg.episodes < 1:
-        raise RobopolicyError(f"episodes must be >= 1, got {cfg.episodes}")
+    seeds = [cfg.seed + i for i in range(cfg.episodes)] if seeds is None else list(seeds)
+    if not seeds:
+        raise RobopolicyError(f"episodes must be >= 1, got {len(seeds)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     video_dir = out_dir / "videos" if cfg.videos > 0 else None
@@ -194,12 +200,11 @@ def evaluate(checkpoint: str | Path, env_name: str, cfg: EvalConfig, out_dir: st
         video_dir.mkdir(exist_ok=True)
         for old in video_dir.glob("episode_*.mp4"):
             old.unlink()
-    workers = max(1, min(cfg.workers, cfg.episodes))
+    workers = max(1, min(cfg.workers, len(seeds)))
     per_worker = math.ceil(cfg.videos / 2 / workers) if cfg.videos else 0
     timeout = episode_timeout_s or max(300.0, 3.0 * (cfg.max_steps or 400))
     pool = _Pool(workers, (str(checkpoint), env_name, cfg, str(video_dir) if video_dir else None,
                            (per_worker, per_worker), (label_with_expert, beta)))
-    seeds = [cfg.seed + i for i in range(cfg.episodes)]
     for s in seeds:
         pool.tasks.put((s, 1))
     done: dict[int, EpisodeResult] = {}
@@ -225,6 +230,8 @@ def evaluate(checkpoint: str | Path, env_name: str, cfg: EvalConfig, out_dir: st
             elif kind == "done":
                 pool.running.pop(wid, None)
                 done[payload.seed] = payload
+                if on_episode is not None:
+                    on_episode(payload)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(success=f"{sum(r.success for r in done.values())}/{len(done)}")

@@ -241,11 +241,14 @@ def train(cfg, resume: bool = False, eval_hook: EvalHook | None = None) -> Train
 
 def _finished_run(run_dir: Path, checkpoint: Path, step: int, info) -> TrainResult:
     """`--resume` of a run whose last checkpoint is already at train.steps: nothing to do, and
-    nothing rewritten (its summary.json keeps the figures of the run that did the training)."""
+    nothing rewritten (its summary.json keeps the figures of the run that did the training; a run
+    killed between its last checkpoint and its summary gets a summary holding only its steps)."""
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     if info.is_main:
         print(f"{run_dir} is complete: its last checkpoint is at step {step}. Raise train.steps to train it further.")
+        if not summary:  # killed after its last checkpoint, before the summary: say the run is done
+            summary_path.write_text(json.dumps({"steps": step, "written_on_resume": True}, indent=1))
     return TrainResult(run_dir=run_dir, checkpoint=run_dir / "checkpoints" / "last", steps=step,
                        final_loss=summary.get("final_loss", float("nan")),
                        samples_per_s=summary.get("samples_per_s", float("nan")),
