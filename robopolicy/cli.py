@@ -272,6 +272,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from robopolicy.structs import from_dict
 
     require_positive(args, "episodes", "workers", "max_steps", "n_action_steps", "inference_steps")
+    if args.envs < 0:
+        raise RobopolicyError(f"--envs must be >= 0 (0 = unbatched), got {args.envs}")
     weights = None
     if args.compose_weights:
         try:
@@ -281,7 +283,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if (weights or args.compose_search) and not args.compose:
         raise RobopolicyError("--compose-weights and --compose-search need --compose CHECKPOINT")
     cfg = from_dict(EvalConfig, {
-        "env": args.env, "episodes": args.episodes, "workers": args.workers, "seed": args.seed,
+        "env": args.env, "episodes": args.episodes, "workers": args.workers, "envs": args.envs, "seed": args.seed,
         "inference_steps": args.inference_steps, "n_action_steps": args.n_action_steps,
         "execution": args.execution, "weights": args.weights, "max_steps": args.max_steps, "videos": args.videos,
         "compose": args.compose or [], "compose_weights": weights})
@@ -672,6 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", required=True)
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--envs", type=int, default=0,
+                   help="batched evaluation: N envs over the workers, one policy call per decision for all of them"
+                        " (no videos); 0 = one policy per worker")
     p.add_argument("--seed", type=int, default=100_000, help="first episode seed")
     p.add_argument("--inference-steps", type=int, default=None, help="diffusion / flow steps (default: the policy's)")
     p.add_argument("--n-action-steps", type=int, default=None, help="actions executed per chunk")

@@ -62,6 +62,25 @@ def test_eval_report_and_reproducibility(toy_checkpoint, tmp_path):
     assert [(e.success, e.length) for e in again.episodes] == [(e.success, e.length) for e in first.episodes]
 
 
+def test_batched_evaluation_runs_the_same_episodes_with_one_policy_call_per_decision(toy_checkpoint, tmp_path):
+    plain = evaluate(toy_checkpoint, TOY, EvalConfig(env=TOY, episodes=12, workers=2, videos=0), tmp_path / "plain",
+                     progress=False)
+    cfg = EvalConfig(env=TOY, episodes=12, workers=2, envs=4, videos=4)
+    batched = evaluate(toy_checkpoint, TOY, cfg, tmp_path / "batched", progress=False)
+    s = batched.summary
+    assert s["seeds"] == plain.summary["seeds"] and s["timing"]["batched_envs"] == 4 and s["videos"] == []
+    assert s["successes"] >= 10, s  # the same policy solves the easy toy task batched too
+    for e in batched.episodes:
+        assert e.inferences == -(-e.length // 8)  # one chunk of 8 actions per decision, as unbatched
+        assert e.first_success_step == (e.length if e.success else None)
+    # only the sampling noise differs from the unbatched run: the episodes take about as long
+    lengths = [np.mean([e.length for e in r.episodes]) for r in (plain, batched)]
+    assert abs(lengths[0] - lengths[1]) < 0.2 * lengths[0], lengths
+    assert (tmp_path / "batched" / "report.html").is_file()
+    again = evaluate(toy_checkpoint, TOY, cfg, tmp_path / "again", progress=False)
+    assert [(e.success, e.length) for e in again.episodes] == [(e.success, e.length) for e in batched.episodes]
+
+
 def test_eval_settings_that_change_the_score_are_recorded(toy_checkpoint, tmp_path):
     cfg = EvalConfig(env=TOY, episodes=2, workers=1, videos=0, inference_steps=2, execution="ensemble", weights="raw")
     s = evaluate(toy_checkpoint, TOY, cfg, tmp_path, progress=False).summary

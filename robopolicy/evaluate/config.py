@@ -11,6 +11,9 @@ class EvalConfig:
     env: str | None = None  # registered env name, e.g. robosuite/Lift; None = no simulation evaluation
     episodes: int = 50
     workers: int = 2
+    # envs stepped together, their policy calls batched into one forward pass per decision (in this
+    # process; the envs spread over `workers` processes); 0 = one policy per worker, batch 1
+    envs: int = 0
     seed: int = 100_000  # episode i uses seed + i; training demonstrations use seeds below 100000
     every: int = 0  # evaluate every N training steps (0 = only after training)
     inference_steps: int | None = None  # diffusion / flow steps; None = the policy's default
@@ -23,3 +26,7 @@ class EvalConfig:
     image_size: int | None = None  # camera size; None = what the policy was trained on
     compose: list[str] = field(default_factory=list)  # more flow checkpoints sampling with this one (GPC)
     compose_weights: list[float] | None = None  # velocity weights, this checkpoint's first; None = equal
+
+    def __post_init__(self):
+        if self.envs < 0:
+            raise ValueError(f"eval.envs must be >= 0 (0 = unbatched), got {self.envs}")

@@ -189,31 +189,74 @@ def evaluate(checkpoint: str | Path, env_name: str, cfg: EvalConfig, out_dir: st
     entry(env_name)  # unknown env names fail before any process starts
     if label_with_expert:
         require_expert(env_name)
+    if cfg.envs:
+        from robopolicy.evaluate.batched import check_batchable
+
+        check_batchable(cfg, label_with_expert)
     policy = load_policy(checkpoint, cfg)  # fails fast on a bad checkpoint
     seeds = [cfg.seed + i for i in range(cfg.episodes)] if seeds is None else list(seeds)
     if not seeds:
         raise RobopolicyError(f"episodes must be >= 1, got {len(seeds)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    video_dir = out_dir / "videos" if cfg.videos > 0 else None
+    video_dir = out_dir / "videos" if cfg.videos > 0 and not cfg.envs else None  # batched: no videos
     if video_dir is not None:
         video_dir.mkdir(exist_ok=True)
         for old in video_dir.glob("episode_*.mp4"):
             old.unlink()
-    workers = max(1, min(cfg.workers, len(seeds)))
-    per_worker = math.ceil(cfg.videos / 2 / workers) if cfg.videos else 0
-    timeout = episode_timeout_s or max(300.0, 3.0 * (cfg.max_steps or 400))
-    pool = _Pool(workers, (str(checkpoint), env_name, cfg, str(video_dir) if video_dir else None,
-                           (per_worker, per_worker), (label_with_expert, beta)))
-    for s in seeds:
-        pool.tasks.put((s, 1))
     done: dict[int, EpisodeResult] = {}
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(seeds), desc=f"eval {env_name}", unit="episode", dynamic_ncols=True)
+
+    def finished(result: EpisodeResult) -> None:
+        done[result.seed] = result
+        if on_episode is not None:
+            on_episode(result)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(success=f"{sum(r.success for r in done.values())}/{len(done)}")
+
     start = time.perf_counter()
+    try:
+        if cfg.envs:
+            from robopolicy.evaluate.batched import run_batched
+
+            workers = run_batched(policy, env_name, cfg, seeds, env_kwargs_for(policy.spec, cfg, record=False), finished)
+        else:
+            workers = max(1, min(cfg.workers, len(seeds)))
+            _run_pool(checkpoint, env_name, cfg, seeds, workers, video_dir, (label_with_expert, beta),
+                      episode_timeout_s, done, finished, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - start
+    episodes = [done[s] for s in seeds]
+    _prune_videos(episodes, cfg.videos)
+    summary = _summary(checkpoint, env_name, cfg, policy, episodes, wall, workers, checkpoint_hash(checkpoint))
+    (out_dir / "eval.json").write_text(json.dumps(summary, indent=1))
+    (out_dir / "episodes.jsonl").write_text("".join(json.dumps(e.to_json()) + "\n" for e in episodes))
+    _plot(out_dir, episodes, summary)
+    write_report(out_dir, summary, [e.to_json() for e in episodes])
+    if all(e.error for e in episodes):
+        first = episodes[0]
+        raise RobopolicyError(f"every one of the {len(episodes)} episodes crashed (report: {out_dir / 'eval.json'});"
+                              f" seed {first.seed}: {first.error}")
+    return EvalResult(out_dir=out_dir, episodes=episodes, summary=summary)
+
+
+def _run_pool(checkpoint: Path, env_name: str, cfg: EvalConfig, seeds: list[int], workers: int, video_dir: Path | None,
+              labelling: tuple[bool, float], episode_timeout_s: float | None, done: dict,
+              finished: Callable[[EpisodeResult], None], bar) -> None:
+    """One policy per worker process, one episode at a time each; crashed or hung workers are replaced."""
+    per_worker = math.ceil(cfg.videos / 2 / workers) if cfg.videos else 0
+    timeout = episode_timeout_s or max(300.0, 3.0 * (cfg.max_steps or 400))
+    pool = _Pool(workers, (str(checkpoint), env_name, cfg, str(video_dir) if video_dir else None,
+                           (per_worker, per_worker), labelling))
+    for s in seeds:
+        pool.tasks.put((s, 1))
     try:
         while len(done) < len(seeds):
             try:
@@ -229,33 +272,13 @@ def evaluate(checkpoint: str | Path, env_name: str, cfg: EvalConfig, out_dir: st
                 pool.running[wid] = (*payload, time.perf_counter())
             elif kind == "done":
                 pool.running.pop(wid, None)
-                done[payload.seed] = payload
-                if on_episode is not None:
-                    on_episode(payload)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(success=f"{sum(r.success for r in done.values())}/{len(done)}")
+                finished(payload)
             elif kind == "error":
                 pool.running.pop(wid, None)
                 seed, attempt, error = payload
                 _retry_or_fail(pool, done, seed, attempt, error, bar)
     finally:
-        if bar is not None:
-            bar.close()
         pool.close()
-    wall = time.perf_counter() - start
-    episodes = [done[s] for s in seeds]
-    _prune_videos(episodes, cfg.videos)
-    summary = _summary(checkpoint, env_name, cfg, policy, episodes, wall, workers, checkpoint_hash(checkpoint))
-    (out_dir / "eval.json").write_text(json.dumps(summary, indent=1))
-    (out_dir / "episodes.jsonl").write_text("".join(json.dumps(e.to_json()) + "\n" for e in episodes))
-    _plot(out_dir, episodes, summary)
-    write_report(out_dir, summary, [e.to_json() for e in episodes])
-    if all(e.error for e in episodes):
-        first = episodes[0]
-        raise RobopolicyError(f"every one of the {len(episodes)} episodes crashed (report: {out_dir / 'eval.json'});"
-                              f" seed {first.seed}: {first.error}")
-    return EvalResult(out_dir=out_dir, episodes=episodes, summary=summary)
 
 
 def _check_workers(pool: _Pool, done: dict, timeout: float) -> None:
@@ -337,7 +360,8 @@ def _summary(checkpoint: Path, env_name: str, cfg: EvalConfig, policy, episodes:
         "failed_runs": [{"seed": e.seed, "error": e.error} for e in episodes if e.error],
         "all_crashed": bool(episodes) and all(e.error for e in episodes),
         "videos": [e.video for e in episodes if e.video],
-        "timing": {"wall_s": wall, "episodes_per_min": 60.0 * n / wall if wall > 0 else None, "workers": workers},
+        "timing": {"wall_s": wall, "episodes_per_min": 60.0 * n / wall if wall > 0 else None, "workers": workers,
+                   "batched_envs": cfg.envs},
         "versions": versions(),
     }
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from robopolicy.errors import EnvError
 

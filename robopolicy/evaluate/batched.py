@@ -1,0 +1,84 @@
+"""Evaluation with batched policy calls, on the rollout engine of fine-tuning (`rl/vector.py`).
+
+The default evaluator gives every worker process its own copy of the policy and calls it with a
+batch of one per decision, so each process pays the per-call overhead of the network alone.
+Here the envs live in the worker processes and the policy in this one: every decision samples the
+chunks of all envs waiting for one in a single forward pass, while the workers simulate. Same
+episodes (one per seed, the same step limit and chunk execution), fewer and larger policy calls.
+
+What it does not do, and the default evaluator does: videos, per-episode crash isolation (a
+failing env stops the evaluation), temporal ensembling, composed policies. Sampling noise comes
+from one generator for the whole evaluation, so a run is reproducible for the same settings, but
+an episode's noise depends on which envs share its batches (the default evaluator seeds it per
+episode).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from robopolicy.errors import ConfigError
+from robopolicy.evaluate.config import EvalConfig
+from robopolicy.evaluate.rollout import EpisodeResult
+
+
+def check_batchable(cfg: EvalConfig, label_with_expert: bool) -> None:
+    """Settings the batched evaluator cannot honour are refused before anything starts."""
+    if cfg.execution != "receding":
+        raise ConfigError(f"batched evaluation (--envs / eval.envs) executes chunks (receding);"
+                          f" execution={cfg.execution!r} needs --envs 0")
+    if cfg.compose:
+        raise ConfigError("batched evaluation (--envs / eval.envs): composed policies (--compose) need --envs 0")
+    if label_with_expert:
+        raise ConfigError("batched evaluation (eval.envs): expert-labelled rollouts (DAgger) need eval.envs=0")
+
+
+def run_batched(policy, env_name: str, cfg: EvalConfig, seeds: list[int], env_kwargs: dict,
+                on_episode: Callable[[EpisodeResult], None]) -> int:
+    """Roll out one episode per seed on `cfg.envs` envs over `cfg.workers` processes; each finished
+    episode goes to `on_episode`. Returns the number of worker processes used."""
+    from robopolicy.rl.vector import ChunkEnvs
+
+    n_envs = min(cfg.envs, len(seeds))
+    n_act = cfg.n_action_steps or policy.config.n_action_steps
+    limit = policy.config.horizon - policy.chunk_start
+    if not 1 <= n_act <= limit:
+        raise ConfigError(f"n_action_steps must be in [1, {limit}] for this policy, got {n_act}")
+    policy.eval()
+    generator = torch.Generator().manual_seed(seeds[0])
+    pending = list(seeds)
+    workers = min(cfg.workers, n_envs)
+    with ChunkEnvs(env_name, n_envs, policy.config.n_obs_steps, env_kwargs, cfg.max_steps, workers) as envs:
+        running: dict[int, dict] = {}  # env index -> the episode it is running
+        starts = {i: pending.pop(0) for i in range(n_envs)}
+        windows = envs.reset(starts)
+        for i, seed in starts.items():
+            running[i] = {"seed": seed, "start": time.perf_counter(), "inferences": 0}
+        while running:
+            ids = sorted(running)
+            with torch.inference_mode():
+                chunks = policy.sample_actions(policy.observation_batches([windows[i] for i in ids]),
+                                               steps=cfg.inference_steps, generator=generator)
+            chunks = chunks[:, :n_act].float().cpu().numpy()
+            for i in ids:
+                running[i]["inferences"] += 1
+            results = envs.step({i: chunks[j] for j, i in enumerate(ids)})
+            for i in ids:
+                r = results[i]
+                if not r.done:
+                    windows[i] = r.window
+                    continue
+                episode = running.pop(i)
+                on_episode(EpisodeResult(seed=episode["seed"], success=r.success, length=r.episode_steps,
+                                         first_success_step=r.episode_steps if r.success else None,
+                                         inferences=episode["inferences"],
+                                         seconds=time.perf_counter() - episode["start"],
+                                         task=str(windows[i].get("task", ""))))
+                if pending:
+                    seed = pending.pop(0)
+                    windows.update(envs.reset({i: seed}))
+                    running[i] = {"seed": seed, "start": time.perf_counter(), "inferences": 0}
+    return workers
