@@ -242,3 +242,35 @@ def test_pick_place_can_expert_succeeds():
 def test_nut_assembly_square_expert_succeeds():
     # 19 needs a half turn of the nut, 100011 a grasp near the wrist's joint limit
     run_expert("NutAssemblySquare", [0, 19, 100011])
+
+
+@pytest.mark.slow
+def test_skipping_hidden_reflections_changes_no_pixel_of_an_expert_episode(monkeypatch):
+    """The wrist camera renders without MuJoCo's reflection pass while its view stays on the table;
+    the frames must be exactly those of robosuite rendering every camera with the pass."""
+    from robopolicy.sim.robosuite_env import _table_top, _view_inside_table
+
+    def episode(skip):
+        monkeypatch.setattr(RobosuiteEnv, "skip_hidden_reflections", skip)
+        env = make_env("robosuite/Lift", images=True, image_size=84)
+        expert = make_expert("robosuite/Lift", env)
+        obs, _ = env.reset(seed=7)
+        expert.reset()
+        assert getattr(env.raw.sim._render_context_offscreen, "_robopolicy_wrapped", False) == skip
+        frames, skipped = [obs], 0
+        table = _table_top(env.raw.sim)
+        wrist, front = (env.raw.sim.model.camera_name2id(c) for c in ("robot0_eye_in_hand", "agentview"))
+        for _ in range(40):
+            skipped += _view_inside_table(env.raw.sim, wrist, table)
+            assert not _view_inside_table(env.raw.sim, front, table)  # the front view shows the floor
+            obs, *_ = env.step(expert.act(obs))
+            frames.append(obs)
+        env.close()
+        return frames, skipped
+
+    with_pass, _ = episode(False)
+    skipping, skipped = episode(True)
+    assert skipped >= 30  # the wrist camera's view was on the table for most of the episode
+    for a, b in zip(with_pass, skipping):
+        for key in ("observation.images.agentview", "observation.images.wrist"):
+            np.testing.assert_array_equal(a[key], b[key])

@@ -12,6 +12,12 @@ robosuite renders with OpenGL's origin at the bottom, so images are flipped to b
 same orientation as the LeRobot fixtures. Multi-sample anti-aliasing is switched off: it roughly
 doubles camera-observation speed on CPUs and does not change what a policy can see at 84x84.
 `reset(seed=s)` reseeds robosuite's generator, so an episode's initial state is a function of s.
+
+Camera observations skip MuJoCo's reflection pass for a camera that cannot see a reflective
+surface: robosuite's floor is the only one, and a camera whose whole view lands on the table top
+(the wrist camera, almost always) sees none of it. The pass redraws the whole scene mirrored, so
+this makes such a render ~3x cheaper and leaves its pixels exactly as they were
+(`bench/bench_camera_step.py` compares every frame of whole episodes with the pass on and off).
 """
 
 from __future__ import annotations
@@ -176,3 +182,78 @@ class RobosuiteEnv(gym.Env):
 
     def _disable_msaa(self) -> None:
         self.raw.sim.model.vis.quality.offsamples = 0
+        if self.cameras and self.skip_hidden_reflections:
+            self._install_reflection_skip()
+
+    # ------------------------------------------------------------------ reflections
+    skip_hidden_reflections = True  # class-level switch: off renders every camera with the pass
+
+    def _install_reflection_skip(self) -> None:
+        """Wrap the offscreen context's render so each camera gets the reflection pass only when
+        it may see the floor. Envs without a plain table over a reflective floor keep the pass."""
+        import mujoco
+
+        sim = self.raw.sim
+        ctx = getattr(sim, "_render_context_offscreen", None)
+        if ctx is None or getattr(ctx, "_robopolicy_wrapped", False):
+            return
+        table = _table_top(sim)
+        if table is None:
+            return
+        flag = mujoco.mjtRndFlag.mjRND_REFLECTION
+        render = ctx.render
+
+        def render_skipping_hidden_reflections(width, height, camera_id=None, segmentation=False):
+            hidden = camera_id is not None and camera_id >= 0 and _view_inside_table(sim, camera_id, table)
+            ctx.scn.flags[flag] = 0 if hidden else 1
+            return render(width, height, camera_id=camera_id, segmentation=segmentation)
+
+        ctx.render = render_skipping_hidden_reflections
+        ctx._robopolicy_wrapped = True
+
+
+def _table_top(sim) -> tuple[float, float, float, float, float] | None:
+    """(centre x, centre y, half x, half y, top z) of an axis-aligned table box above every
+    reflective surface, the floor being the only reflective geom; None when the scene is not that."""
+    import mujoco
+
+    m, d = sim.model._model, sim.data._data
+    table = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, "table_visual")
+    if table < 0 or m.geom_type[table] != mujoco.mjtGeom.mjGEOM_BOX:
+        return None
+    if not np.allclose(d.geom_xmat[table].reshape(3, 3), np.eye(3), atol=1e-9):
+        return None
+    cx, cy, cz = d.geom_xpos[table]
+    hx, hy, hz = m.geom_size[table]
+    top = cz + hz
+    for g in range(m.ngeom):
+        mat = m.geom_matid[g]
+        if mat < 0 or m.mat_reflectance[mat] <= 0 or m.geom_type[g] not in (mujoco.mjtGeom.mjGEOM_PLANE,
+                                                                           mujoco.mjtGeom.mjGEOM_BOX):
+            continue
+        if m.geom_type[g] != mujoco.mjtGeom.mjGEOM_PLANE or d.geom_xpos[g][2] >= top:
+            return None  # a reflective surface the table does not hide
+    return float(cx), float(cy), float(hx), float(hy), float(top)
+
+
+def _view_inside_table(sim, camera_id: int, table: tuple[float, float, float, float, float]) -> bool:
+    """True when every ray of the camera's (square) view meets the table top inside its edges, so
+    nothing beyond the table — the floor — is in the picture. The four corner rays decide it: the
+    view's footprint on the table plane is the quadrilateral they span, and the table top is convex."""
+    m, d = sim.model._model, sim.data._data
+    cx, cy, hx, hy, top = table
+    pos = d.cam_xpos[camera_id]
+    if pos[2] <= top:
+        return False
+    rot = d.cam_xmat[camera_id].reshape(3, 3)
+    t = np.tan(np.radians(m.cam_fovy[camera_id]) / 2.0)
+    for sx in (-t, t):
+        for sy in (-t, t):
+            ray = rot @ np.array([sx, sy, -1.0])  # a MuJoCo camera looks along its -z axis
+            if ray[2] >= -1e-9:
+                return False
+            k = (top - pos[2]) / ray[2]
+            x, y = pos[0] + k * ray[0], pos[1] + k * ray[1]
+            if abs(x - cx) >= hx or abs(y - cy) >= hy:
+                return False
+    return True
