@@ -266,6 +266,16 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compose_weights(text: str | None) -> list[float] | None:
+    """--compose-weights 0.6,0.4 -> [0.6, 0.4] (checked to sum to 1 by the composition itself)."""
+    if not text:
+        return None
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise RobopolicyError(f"--compose-weights: {text!r} is not a list of numbers") from None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from robopolicy.evaluate.config import EvalConfig
     from robopolicy.evaluate.evaluator import evaluate
@@ -274,12 +284,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     require_positive(args, "episodes", "workers", "max_steps", "n_action_steps", "inference_steps")
     if args.envs < 0:
         raise RobopolicyError(f"--envs must be >= 0 (0 = unbatched), got {args.envs}")
-    weights = None
-    if args.compose_weights:
-        try:
-            weights = [float(w) for w in args.compose_weights.split(",")]
-        except ValueError:
-            raise RobopolicyError(f"--compose-weights: {args.compose_weights!r} is not a list of numbers") from None
+    weights = _compose_weights(args.compose_weights)
     if (weights or args.compose_search) and not args.compose:
         raise RobopolicyError("--compose-weights and --compose-search need --compose CHECKPOINT")
     cfg = from_dict(EvalConfig, {
@@ -389,7 +394,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     require_positive(args, "max_steps", "n_action_steps", "inference_steps")
     if not (math.isfinite(args.record_segment_s) and args.record_segment_s >= 0):
         raise RobopolicyError(f"--record-segment-s must be >= 0 seconds (0: one episode), got {args.record_segment_s:g}")
-    if args.checkpoint:
+    if (args.compose or args.compose_weights) and not args.checkpoint:
+        raise RobopolicyError("--compose and --compose-weights apply to a local --checkpoint")
+    if args.compose_weights and not args.compose:
+        raise RobopolicyError("--compose-weights needs --compose CHECKPOINT")
+    if args.compose:
+        from robopolicy.policy.compose import load_composed
+
+        if args.compile or args.device not in ("auto", "cpu"):
+            raise RobopolicyError("--compose runs on the CPU without --compile")
+        policy = load_composed([args.checkpoint, *args.compose], _compose_weights(args.compose_weights))
+    elif args.checkpoint:
         from robopolicy.policy.policy import Policy
 
         policy = Policy.load(args.checkpoint, device=args.device)
@@ -604,6 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=2.0, help="policy server request timeout, seconds")
     p.add_argument("--device", default="auto", help="where a local policy runs: auto (cuda, else mps, else cpu), cpu, cuda")
     add_compile_option(p)
+    p.add_argument("--compose", action="append", metavar="CHECKPOINT",
+                   help="another flow policy sampling every chunk with --checkpoint (GPC); repeatable")
+    p.add_argument("--compose-weights", default=None, help="velocity weights, --checkpoint's first, e.g. 0.6,0.4")
     p.add_argument("--robot", default="sim:robosuite/Lift", help="sim:<env> or lerobot:<robot type>")
     p.add_argument("--robot-config", action="append", metavar="key=value",
                    help="robot options, e.g. port=/dev/ttyACM0 (lerobot) or max_steps=300 (sim); repeatable")

@@ -85,3 +85,32 @@ def test_eval_with_a_composition_and_weights_chosen_on_validation_seeds(pair, to
     assert final["composed_with"]["weights"] == search["best"] and final["seeds"][0] == 100000
     bad = cli(tmp_path, "--checkpoint", str(toy_checkpoint), "--env", "test/reach", "--compose-weights", "0.5,0.5")
     assert bad.returncode == 2 and "--compose" in bad.stderr
+
+
+def test_deploy_with_a_composition_matches_its_offline_evaluation_step_for_step(pair, toy_checkpoint, tmp_path):
+    """The real-time loop driving the composed policy reproduces the evaluator's composed episodes."""
+    from robopolicy.deploy.run import deploy
+    from robopolicy.deploy.safety import SafetyConfig
+    from robopolicy.deploy.sim_robot import SimRobot
+    from robopolicy.evaluate.config import EvalConfig
+    from robopolicy.evaluate.evaluator import evaluate
+    from robopolicy.policy.compose import load_composed
+
+    _, _, perturbed = pair
+    cfg = EvalConfig(env="test/reach", episodes=3, workers=1, videos=0, compose=[str(perturbed)],
+                     compose_weights=[0.3, 0.7])
+    offline = evaluate(toy_checkpoint, "test/reach", cfg, tmp_path / "eval", progress=False)
+    for episode in offline.episodes:
+        policy = load_composed([str(toy_checkpoint), str(perturbed)], [0.3, 0.7])
+        report = deploy(policy, SimRobot("test/reach", seed=episode.seed), hz=50, strategy="sync", max_steps=60,
+                        seed=episode.seed, safety=SafetyConfig(margin=10.0, max_delta_fraction=100.0))
+        assert (report.success, report.steps) == (episode.success, episode.length)
+    done = subprocess.run([sys.executable, "-m", "robopolicy.cli", "deploy", "--checkpoint", str(toy_checkpoint),
+                           "--compose", str(perturbed), "--compose-weights", "0.3,0.7", "--robot", "sim:test/reach",
+                           "--hz", "50", "--max-steps", "60"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "task success:" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "robopolicy.cli", "deploy", "--checkpoint", str(toy_checkpoint),
+                          "--compose", str(perturbed), "--strategy", "rtc", "--robot", "sim:test/reach"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from robopolicy.deploy.names import STRATEGIES
+from robopolicy.errors import ConfigError
 from robopolicy.policy.execution import ActionQueue, ChunkEnsemble, ObservationHistory
 
 STOP_WAIT_S = 120.0  # longest `stop` waits for a running inference to finish
@@ -74,8 +75,10 @@ class InferenceRuntime:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         if strategy == "rtc" and not policy.supports_prefix:
-            raise ValueError(f"rtc needs a head that continues committed actions (diffusion or flow); this policy's"
-                             f" {policy.config.head} head predicts each chunk in one pass")
+            what = ("a composition of policies" if len(getattr(policy, "policies", ())) > 1
+                    else f"its {policy.config.head} head predicts each chunk in one pass")
+            raise ConfigError(f"--strategy rtc needs a policy that continues committed actions (one diffusion or"
+                              f" flow policy); this one cannot: {what}")
         self.policy = policy
         self.strategy = strategy
         self.chunk_len = policy.config.horizon - policy.chunk_start
