@@ -620,8 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="where a local policy runs: auto (cuda, else mps, else cpu), cpu, cuda")
     add_compile_option(p)
     p.add_argument("--compose", action="append", metavar="CHECKPOINT",
-                   help="another flow policy sampling every chunk with --checkpoint (GPC); repeatable")
-    p.add_argument("--compose-weights", default=None, help="velocity weights, --checkpoint's first, e.g. 0.6,0.4")
+                   help="another flow (or diffusion) policy sampling every chunk with --checkpoint (GPC); repeatable")
+    p.add_argument("--compose-weights", default=None, help="composition weights, --checkpoint's first, e.g. 0.6,0.4")
     p.add_argument("--robot", default="sim:robosuite/Lift", help="sim:<env> or lerobot:<robot type>")
     p.add_argument("--robot-config", action="append", metavar="key=value",
                    help="robot options, e.g. port=/dev/ttyACM0 (lerobot) or max_steps=300 (sim); repeatable")
@@ -703,8 +703,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--videos", type=int, default=4, help="episodes to save as mp4 (successes and failures)")
     p.add_argument("--compose", action="append", metavar="CHECKPOINT",
-                   help="another flow policy to sample with (GPC; repeatable): velocities combined at every step")
-    p.add_argument("--compose-weights", default=None, help="velocity weights, this checkpoint's first, e.g. 0.6,0.4")
+                   help="another flow (or diffusion) policy to sample with (GPC; repeatable): velocities (noise predictions) combined at every step")
+    p.add_argument("--compose-weights", default=None, help="composition weights, this checkpoint's first, e.g. 0.6,0.4")
     p.add_argument("--compose-search", action="store_true",
                    help="choose the weights on validation seeds (--search-seed) first, then evaluate")
     p.add_argument("--search-seed", type=int, default=200_000, help="first validation seed for --compose-search")

@@ -46,6 +46,32 @@ def test_the_combined_field_is_each_part_at_its_corners_and_between_them_otherwi
     assert np.abs(mixed - chunk(a, obs)).max() > 1e-4 and np.abs(mixed - chunk(b, obs)).max() > 1e-4
 
 
+def test_diffusion_policies_compose_through_their_noise_predictions(toy_checkpoint):
+    import dataclasses
+    from pathlib import Path
+
+    from robopolicy.data.dataset import LeRobotDataset
+    from robopolicy.policy.config import DenoiserConfig, DiffusionConfig, EncoderConfig, PolicyConfig
+
+    demos = LeRobotDataset(Path(toy_checkpoint).parents[2] / "demos")
+    cfg = PolicyConfig(head="diffusion", encoder=EncoderConfig(dim=16, cameras=[], state_keys=[
+        "observation.state", "observation.environment_state"]), denoiser=DenoiserConfig(unet_dims=[16, 32]))
+    torch.manual_seed(0)
+    a = Policy.from_dataset(cfg, demos).eval()
+    b = Policy.from_dataset(cfg, demos).eval()  # other initial weights: other noise predictions
+    obs = toy_observation()
+    np.testing.assert_allclose(chunk(ComposedPolicy([a, b], [1.0, 0.0]), obs), chunk(a, obs), atol=1e-5)
+    np.testing.assert_allclose(chunk(ComposedPolicy([a, b], [0.0, 1.0]), obs), chunk(b, obs), atol=1e-5)
+    mixed = chunk(ComposedPolicy([a, b], [0.5, 0.5]), obs)
+    assert np.abs(mixed - chunk(a, obs)).max() > 1e-4 and np.abs(mixed - chunk(b, obs)).max() > 1e-4
+    other = Policy.from_dataset(dataclasses.replace(cfg, diffusion=DiffusionConfig(num_train_timesteps=50)), demos)
+    with pytest.raises(ConfigError, match="noise schedule"):
+        ComposedPolicy([a, other])
+    flow = Policy.load(toy_checkpoint)
+    with pytest.raises(ConfigError, match="of one kind"):
+        ComposedPolicy([a, flow])
+
+
 def test_compositions_that_cannot_work_are_refused(pair, tmp_path):
     a, b, _ = pair
     with pytest.raises(ConfigError, match="sum to 1"):

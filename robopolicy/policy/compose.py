@@ -13,6 +13,12 @@ its velocity back (normalization is affine per dimension, so velocities scale by
 ranges). Parts trained on the same task's data have the same statistics, and then both maps are the
 identity. `ComposedPolicy` offers what evaluation and deployment use of a `Policy`: the observation
 keys (the union), the chunk layout, and `predict_chunk`.
+
+Diffusion policies compose the same way through their noise (or sample) predictions: at every
+DDIM/DDPM step of the first policy's sampler the prediction is the weighted sum of each policy's at
+the same noisy point and timestep. A noisy point only means the same thing to two diffusion policies
+that share the noise schedule and the action normalization, so those must match (parts trained on
+the same task's data with the same head settings do); flow and diffusion policies do not mix.
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ import numpy as np
 import torch
 
 from robopolicy.errors import ConfigError
+from robopolicy.policy.heads.diffusion import DiffusionHead
 from robopolicy.policy.heads.flow import TIME_SCALE, FlowHead
 
 
 class ComposedPolicy:
-    """Flow policies sampling together with velocity weights `weights` (non-negative, summing to 1)."""
+    """Flow (or diffusion) policies sampling together with weights `weights` (non-negative, summing to 1)."""
 
     supports_prefix = False
 
@@ -41,9 +48,14 @@ class ComposedPolicy:
         if any(w < 0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
             raise ConfigError(f"--compose-weights must be non-negative and sum to 1, got {weights}")
         first = policies[0]
+        kinds = {type(p.head) for p in policies}
+        if not (kinds <= {FlowHead} or kinds <= {DiffusionHead}):
+            heads = sorted({p.config.head for p in policies})
+            raise ConfigError(f"composition combines flow policies, or diffusion policies, of one kind; got {heads}")
+        self.diffusion = kinds == {DiffusionHead}
+        if self.diffusion:
+            _check_same_noise_space(policies)
         for p in policies:
-            if not isinstance(p.head, FlowHead):
-                raise ConfigError(f"composition combines flow policies; one has a {p.config.head} head")
             layout = (p.spec.action_dim, p.config.horizon, p.chunk_start, p.config.n_obs_steps)
             ours = (first.spec.action_dim, first.config.horizon, first.chunk_start, first.config.n_obs_steps)
             if layout != ours:
@@ -87,6 +99,9 @@ class ComposedPolicy:
         conds = [p.encode(p.observation_batch(observation)) for p in self.policies]
         prepared = [p.head.denoiser.prepare(c) for p, c in zip(self.policies, conds)]
         shape = (1, first.config.horizon, first.spec.action_dim)
+        if self.diffusion:
+            x = self._denoise(steps, shape, conds, prepared, generator)
+            return first.normalizer.unnormalize("action", x)[0, first.chunk_start:].float().numpy()
         x = torch.randn(shape, generator=generator)
         for i in range(steps):
             t = 1.0 - i / steps
@@ -100,6 +115,41 @@ class ComposedPolicy:
                 velocity += w * ratio * p.head.denoiser(x_p, time, cond, prepared=prep).float()
             x = x - velocity / steps
         return first.normalizer.unnormalize("action", x)[0, first.chunk_start:].float().numpy()
+
+
+    def _denoise(self, steps: int, shape: tuple, conds: list, prepared: list, generator) -> torch.Tensor:
+        """The first policy's diffusion sampler on the weighted sum of every policy's prediction."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        head = self.policies[0].head
+        if not 1 <= steps <= head.cfg.num_train_timesteps:
+            raise ValueError(f"diffusion steps must be in [1, {head.cfg.num_train_timesteps}], got {steps}")
+        scheduler = head._sampler(steps)
+        x = randn_tensor(shape, generator=generator)
+        for t in scheduler.timesteps:
+            out = torch.zeros(shape)
+            for p, w, cond, prep in zip(self.policies, self.weights, conds, prepared):
+                if w:
+                    out += w * p.head.denoiser(x, t.expand(1), cond, prepared=prep).float()
+            x = scheduler.step(out, t, x, generator=generator).prev_sample
+        return x
+
+
+def _check_same_noise_space(policies: Sequence) -> None:
+    """Diffusion parts must agree on what a noisy action at step t is: schedule and normalization."""
+    first = policies[0]
+    keys = ("num_train_timesteps", "beta_schedule", "prediction_type", "clip_sample")
+    zero = torch.zeros(1, 1, first.spec.action_dim)
+    for p in policies[1:]:
+        ours = {k: getattr(first.head.cfg, k) for k in keys}
+        theirs = {k: getattr(p.head.cfg, k) for k in keys}
+        if ours != theirs:
+            raise ConfigError(f"composed diffusion policies must share the noise schedule: {ours} vs {theirs}")
+        for point in (zero, zero + 1):
+            if not torch.allclose(p.normalizer.unnormalize("action", point),
+                                  first.normalizer.unnormalize("action", point), rtol=1e-5, atol=1e-6):
+                raise ConfigError("composed diffusion policies must normalize actions alike (trained on the same"
+                                  " task's data); these differ")
 
 
 def _ratio(policy, first) -> torch.Tensor:
