@@ -14,17 +14,14 @@ Writes bench/results/camera_step_<env>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
-from benchlib import machine
+from benchlib import machine, write_result
 
 os.environ.setdefault("MUJOCO_GL", "egl")
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run(env_name: str, seed: int, images: bool, skip: bool) -> tuple[list[float], list[dict]]:
@@ -86,10 +83,7 @@ def main() -> None:
     record = {"env": args.env, "cameras": ["agentview", "wrist"], "image_size": 84, "episodes": args.episodes,
               "steps": frames, "ms_per_step": ms, "pixel_values_compared": compared,
               "pixel_values_differing": differing, "machine": machine(), "command": command}
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"camera_step_{name}.json"
-    out.write_text(json.dumps(record, indent=1))
-    print(f"wrote {out}")
+    write_result(f"camera_step_{name}.json", record)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,10 @@ Run it alone: it is a timing.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from benchlib import machine, success_figure
+from benchlib import machine, success_figure, write_result
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -48,10 +46,7 @@ def main() -> None:
                f" --seed {args.seed} --workers {args.workers} --envs {args.envs}")
     record = {"env": args.env, "checkpoint": str(args.checkpoint), "seeds": [args.seed, args.seed + args.episodes - 1],
               "workers": args.workers, "runs": rows, "machine": machine(), "command": command}
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"eval_batching_{name}.json"
-    path.write_text(json.dumps(record, indent=1))
-    print(f"wrote {path}")
+    write_result(f"eval_batching_{name}.json", record)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ are run but not counted)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -58,3 +60,13 @@ def success_figure(summary: dict) -> dict:
     """The success part of an evaluation summary (eval.json), as the results files record it."""
     return {"successes": summary["successes"], "episodes": summary["episodes"],
             "success_rate": summary["success_rate"], "ci95": summary["ci95"]}
+
+
+def write_result(filename: str, record: dict) -> Path:
+    """Write a figure's raw record to bench/results/<filename> and say where."""
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    path = results / filename
+    path.write_text(json.dumps(record, indent=1))
+    print(f"wrote {path}")
+    return path
