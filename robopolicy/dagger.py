@@ -60,29 +60,19 @@ class LabelledRollouts:
     """
 
     def __init__(self, folder: Path, source_features: dict, fps: int, robot_type: str | None, resume: bool):
-        from robopolicy.data.writer import DatasetWriter
+        from robopolicy.data.writer import DatasetWriter, journaled_settings
 
         self.root, self.results_path = folder / "labelled", folder / "labelled.json"
         self.source_features, self.fps, self.robot_type = source_features, fps, robot_type
         self.writer = None
         self.saved: dict[int, dict] = {}
-        journal = self.root / fmt.JOURNAL_PATH
         if resume and self.complete:
             self.saved = {int(r["seed"]): r for r in json.loads(self.results_path.read_text())}
-        elif resume and (settings := self._journaled_settings(journal)):
+        elif resume and (settings := journaled_settings(self.root)):
             self.writer = DatasetWriter(self.root, resume=True, **settings)
             self.saved = {int(e["seed"]): e for e in self.writer.resumed_extras}
         elif folder.exists():
             shutil.rmtree(folder)
-
-    @staticmethod
-    def _journaled_settings(journal: Path) -> dict | None:
-        """The writer settings on the journal's first line; None when no episode was saved
-        (no journal, or its first line was cut by the kill)."""
-        try:
-            return json.loads(journal.read_text().partition("\n")[0])["writer"]
-        except (OSError, ValueError, KeyError):
-            return None
 
     @property
     def complete(self) -> bool:

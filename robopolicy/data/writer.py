@@ -472,13 +472,20 @@ def finalize_interrupted(root: str | Path) -> int:
     journal = root / fmt.JOURNAL_PATH
     if (root / fmt.INFO_PATH).is_file() or not journal.is_file():
         raise DatasetError(f"{root}: not an interrupted write (no {fmt.JOURNAL_PATH}, or meta/info.json is already there)")
-    first = journal.read_text().partition("\n")[0]
-    try:
-        settings = json.loads(first).get("writer") if first.strip() else None
-    except json.JSONDecodeError:  # the first episode's line was cut by the kill
-        settings = None
+    settings = journaled_settings(root)
     if not settings:
         raise DatasetError(f"{journal}: no complete episode was saved before the interruption; nothing to keep")
     writer = DatasetWriter(root, resume=True, **settings)
     writer.finalize()
     return len(writer.episodes)
+
+
+def journaled_settings(root: str | Path) -> dict | None:
+    """The writer settings journaled with the first saved episode of an interrupted write (what
+    `DatasetWriter(root, resume=True, **settings)` reopens it with); None when no episode was
+    saved (no journal, or its first line was cut by the kill)."""
+    try:
+        first = (Path(root) / fmt.JOURNAL_PATH).read_text().partition("\n")[0]
+        return json.loads(first).get("writer") or None
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -23,6 +23,7 @@ import torch
 from robopolicy.errors import ConfigError
 from robopolicy.evaluate.config import EvalConfig
 from robopolicy.evaluate.rollout import EpisodeResult
+from robopolicy.policy.execution import resolve_n_action_steps
 
 
 def check_batchable(cfg: EvalConfig, label_with_expert: bool) -> None:
@@ -43,20 +44,27 @@ def run_batched(policy, env_name: str, cfg: EvalConfig, seeds: list[int], env_kw
     from robopolicy.rl.vector import ChunkEnvs
 
     n_envs = min(cfg.envs, len(seeds))
-    n_act = cfg.n_action_steps or policy.config.n_action_steps
-    limit = policy.config.horizon - policy.chunk_start
-    if not 1 <= n_act <= limit:
-        raise ConfigError(f"n_action_steps must be in [1, {limit}] for this policy, got {n_act}")
+    try:
+        n_act = resolve_n_action_steps(policy, cfg.n_action_steps)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     policy.eval()
     generator = torch.Generator().manual_seed(seeds[0])
     pending = list(seeds)
     workers = min(cfg.workers, n_envs)
     with ChunkEnvs(env_name, n_envs, policy.config.n_obs_steps, env_kwargs, cfg.max_steps, workers) as envs:
         running: dict[int, dict] = {}  # env index -> the episode it is running
-        starts = {i: pending.pop(0) for i in range(n_envs)}
-        windows = envs.reset(starts)
-        for i, seed in starts.items():
-            running[i] = {"seed": seed, "start": time.perf_counter(), "inferences": 0}
+        windows: dict[int, dict] = {}
+
+        def start(free: list[int]) -> None:
+            """Reset the free envs onto the next seeds, all in one round trip to the workers."""
+            starts = {i: pending.pop(0) for i in free[:len(pending)]}
+            if starts:
+                windows.update(envs.reset(starts))
+            for i, seed in starts.items():
+                running[i] = {"seed": seed, "start": time.perf_counter(), "inferences": 0}
+
+        start(list(range(n_envs)))
         while running:
             ids = sorted(running)
             with torch.inference_mode():
@@ -66,6 +74,7 @@ def run_batched(policy, env_name: str, cfg: EvalConfig, seeds: list[int], env_kw
             for i in ids:
                 running[i]["inferences"] += 1
             results = envs.step({i: chunks[j] for j, i in enumerate(ids)})
+            finished = [i for i in ids if results[i].done]
             for i in ids:
                 r = results[i]
                 if not r.done:
@@ -77,8 +86,5 @@ def run_batched(policy, env_name: str, cfg: EvalConfig, seeds: list[int], env_kw
                                          inferences=episode["inferences"],
                                          seconds=time.perf_counter() - episode["start"],
                                          task=str(windows[i].get("task", ""))))
-                if pending:
-                    seed = pending.pop(0)
-                    windows.update(envs.reset({i: seed}))
-                    running[i] = {"seed": seed, "start": time.perf_counter(), "inferences": 0}
+            start(finished)
     return workers

@@ -98,10 +98,11 @@ class ComposedPolicy:
         steps = steps or first.head.cfg.num_inference_steps
         conds = [p.encode(p.observation_batch(observation)) for p in self.policies]
         prepared = [p.head.denoiser.prepare(c) for p, c in zip(self.policies, conds)]
-        shape = (1, first.config.horizon, first.spec.action_dim)
         if self.diffusion:
-            x = self._denoise(steps, shape, conds, prepared, generator)
+            x = first.head.denoise(self._combined_prediction(conds, prepared), 1, torch.device("cpu"), steps,
+                                   generator=generator)
             return first.normalizer.unnormalize("action", x)[0, first.chunk_start:].float().numpy()
+        shape = (1, first.config.horizon, first.spec.action_dim)
         x = torch.randn(shape, generator=generator)
         for i in range(steps):
             t = 1.0 - i / steps
@@ -116,23 +117,16 @@ class ComposedPolicy:
             x = x - velocity / steps
         return first.normalizer.unnormalize("action", x)[0, first.chunk_start:].float().numpy()
 
-
-    def _denoise(self, steps: int, shape: tuple, conds: list, prepared: list, generator) -> torch.Tensor:
-        """The first policy's diffusion sampler on the weighted sum of every policy's prediction."""
-        from diffusers.utils.torch_utils import randn_tensor
-
-        head = self.policies[0].head
-        if not 1 <= steps <= head.cfg.num_train_timesteps:
-            raise ValueError(f"diffusion steps must be in [1, {head.cfg.num_train_timesteps}], got {steps}")
-        scheduler = head._sampler(steps)
-        x = randn_tensor(shape, generator=generator)
-        for t in scheduler.timesteps:
-            out = torch.zeros(shape)
+    def _combined_prediction(self, conds: list, prepared: list):
+        """(x, t) -> the weighted sum of every diffusion policy's prediction at that noisy point."""
+        def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros_like(x)
             for p, w, cond, prep in zip(self.policies, self.weights, conds, prepared):
                 if w:
-                    out += w * p.head.denoiser(x, t.expand(1), cond, prepared=prep).float()
-            x = scheduler.step(out, t, x, generator=generator).prev_sample
-        return x
+                    out += w * p.head.denoiser(x, t, cond, prepared=prep).float()
+            return out
+
+        return predict
 
 
 def _check_same_noise_space(policies: Sequence) -> None:

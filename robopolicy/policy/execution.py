@@ -107,15 +107,21 @@ class ChunkEnsemble:
         return (weights[:, None] * np.stack(candidates)).sum(0) / weights.sum()
 
 
+def resolve_n_action_steps(policy, n_action_steps: int | None) -> int:
+    """Actions executed per chunk: the given number, else the policy's own; it must fit in a chunk."""
+    n = n_action_steps or policy.config.n_action_steps
+    max_steps = policy.config.horizon - policy.chunk_start
+    if not 1 <= n <= max_steps:
+        raise ValueError(f"n_action_steps must be in [1, {max_steps}] for this policy, got {n}")
+    return n
+
+
 class ChunkExecutor:
     """Base: holds the policy, the inference settings and the observation history."""
 
     def __init__(self, policy, n_action_steps: int | None = None, inference_steps: int | None = None):
         self.policy = policy
-        self.n_action_steps = n_action_steps or policy.config.n_action_steps
-        max_steps = policy.config.horizon - policy.chunk_start
-        if not 1 <= self.n_action_steps <= max_steps:
-            raise ValueError(f"n_action_steps must be in [1, {max_steps}] for this policy, got {self.n_action_steps}")
+        self.n_action_steps = resolve_n_action_steps(policy, n_action_steps)
         self.inference_steps = inference_steps
         self.history = ObservationHistory(policy.config.n_obs_steps)
         self.keys = [*policy.observation_keys, "task"]

@@ -126,7 +126,7 @@ class RobosuiteEnv(gym.Env):
         self.observation_space = gym.spaces.Dict(spaces)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
         self.steps = 0
-        self._disable_msaa()
+        self._configure_offscreen_rendering()
 
     # ------------------------------------------------------------------ gym API
     def reset(self, seed: int | None = None, options: dict | None = None):
@@ -134,7 +134,7 @@ class RobosuiteEnv(gym.Env):
         if seed is not None:
             self._reseed(seed)
         self._raw_obs = self.raw.reset()
-        self._disable_msaa()
+        self._configure_offscreen_rendering()
         self.steps = 0
         return self._observation(), {"is_success": False}
 
@@ -180,7 +180,8 @@ class RobosuiteEnv(gym.Env):
             s.rng = rng
             stack.extend(getattr(s, "samplers", {}).values())
 
-    def _disable_msaa(self) -> None:
+    def _configure_offscreen_rendering(self) -> None:
+        """No MSAA; no reflection pass for cameras that cannot see the floor (module docstring)."""
         self.raw.sim.model.vis.quality.offsamples = 0
         if self.cameras and self.skip_hidden_reflections:
             self._install_reflection_skip()
@@ -228,11 +229,11 @@ def _table_top(sim) -> tuple[float, float, float, float, float] | None:
     top = cz + hz
     for g in range(m.ngeom):
         mat = m.geom_matid[g]
-        if mat < 0 or m.mat_reflectance[mat] <= 0 or m.geom_type[g] not in (mujoco.mjtGeom.mjGEOM_PLANE,
-                                                                           mujoco.mjtGeom.mjGEOM_BOX):
+        if mat < 0 or m.mat_reflectance[mat] <= 0:
             continue
-        if m.geom_type[g] != mujoco.mjtGeom.mjGEOM_PLANE or d.geom_xpos[g][2] >= top:
-            return None  # a reflective surface the table does not hide
+        if m.geom_type[g] == mujoco.mjtGeom.mjGEOM_BOX or (
+                m.geom_type[g] == mujoco.mjtGeom.mjGEOM_PLANE and d.geom_xpos[g][2] >= top):
+            return None  # a reflective surface the table does not hide (MuJoCo reflects planes and boxes)
     return float(cx), float(cy), float(hx), float(hy), float(top)
 
 

@@ -59,21 +59,28 @@ class DiffusionHead(ActionHead):
     @torch.no_grad()
     def sample(self, cond: Conditioning, steps: int | None = None, prefix: torch.Tensor | None = None,
                prefix_mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        prepared = self.denoiser.prepare(cond)
+        return self.denoise(lambda x, t: self.denoiser(x, t, cond, prepared=prepared), cond.batch_size,
+                            cond.tokens.device, steps, prefix, prefix_mask, generator)
+
+    @torch.no_grad()
+    def denoise(self, predict, batch_size: int, device, steps: int | None = None, prefix: torch.Tensor | None = None,
+                prefix_mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """This head's sampler run on `predict(x, t)` -> noise (or sample) prediction: the head's own
+        denoiser in `sample`, or several policies' combined prediction (test-time composition)."""
         steps = steps or self.cfg.num_inference_steps
         if not 1 <= steps <= self.cfg.num_train_timesteps:
             raise ValueError(f"diffusion steps must be in [1, {self.cfg.num_train_timesteps}], got {steps}")
         scheduler = self._sampler(steps)
-        b = cond.batch_size
-        device = cond.tokens.device
+        b = batch_size
         x = randn_tensor((b, self.horizon, self.action_dim), generator=generator, device=device)
         known, mask = as_prefix_mask(prefix, prefix_mask, x)
         prefix_noise = randn_tensor(x.shape, generator=generator, device=device) if known is not None else None
-        prepared = self.denoiser.prepare(cond)
         for t in scheduler.timesteps:
             if known is not None:
                 noisy_known = scheduler.add_noise(known, prefix_noise, t.expand(b))
                 x = torch.where(mask, noisy_known, x)
-            out = self.denoiser(x, t.expand(b).to(device), cond, prepared=prepared).float()
+            out = predict(x, t.expand(b).to(device)).float()
             x = scheduler.step(out, t, x, generator=generator).prev_sample
         if known is not None:
             x = torch.where(mask, known, x)
