@@ -1,0 +1,100 @@
+"""A LeRobot policy behind a local connection, for robopolicy's episode runner (`lerobot_adapter.py`).
+
+Runs in the LeRobot environment (it pins its own torch and numpy, so it cannot share a process with
+robopolicy):
+
+  /tmp/lerobot/bin/python bench/lerobot_policy_worker.py CHECKPOINT FD
+
+CHECKPOINT is a `lerobot-train` output's `pretrained_model` folder (config, weights and the saved
+pre/post-processor pipelines). FD is the worker's end of a socket pair the adapter made and passed
+down; the worker answers requests on it until the adapter closes its end:
+
+  ("reset",)            -> ("ok",)                 policy.reset(): clears LeRobot's observation/action queues
+  ("act", observation)  -> ("action", array, new)  the action for this step; `new` is True when the
+                                                   policy predicted a new chunk for it
+
+Observations and actions cross as (dtype, shape, bytes) triples, not pickled arrays: the two
+environments have different numpy major versions. This is LeRobot's own evaluation path
+(`lerobot_eval.rollout`): preprocess (images HWC uint8 -> CHW float in [0, 1]), the saved
+preprocessor (normalization), `select_action`, the saved postprocessor (unnormalization).
+"""
+
+from __future__ import annotations
+
+import sys
+from multiprocessing.connection import Connection
+
+import numpy as np
+import torch
+
+
+def to_array(packed: tuple) -> np.ndarray:
+    dtype, shape, data = packed
+    return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)
+
+
+def pack(array: np.ndarray) -> tuple:
+    array = np.ascontiguousarray(array)
+    return str(array.dtype), tuple(array.shape), array.tobytes()
+
+
+def load(checkpoint: str):
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+
+    config = PreTrainedConfig.from_pretrained(checkpoint)
+    config.device = "cpu"
+    policy = get_policy_class(config.type).from_pretrained(checkpoint, config=config)
+    policy.eval()
+    pre, post = make_pre_post_processors(policy.config, pretrained_path=checkpoint,
+                                         preprocessor_overrides={"device_processor": {"device": "cpu"}})
+    return policy, pre, post
+
+
+def batch_of(observation: dict, wanted: set[str]) -> dict:
+    """One robopolicy observation as LeRobot's batch of one (only the features the policy reads)."""
+    batch = {}
+    for key, packed in observation.items():
+        if key not in wanted:
+            continue
+        value = torch.from_numpy(to_array(packed).copy())
+        if value.dtype == torch.uint8:  # camera: HWC uint8 -> CHW float in [0, 1], as lerobot_eval does
+            value = value.permute(2, 0, 1).float() / 255.0
+        batch[key] = value.float().unsqueeze(0)
+    return batch
+
+
+def queued_actions(policy) -> int:
+    """How many actions the policy still holds from its last chunk (diffusion: _queues, ACT: _action_queue)."""
+    queues = getattr(policy, "_queues", None)
+    if queues is not None and "action" in queues:
+        return len(queues["action"])
+    return len(getattr(policy, "_action_queue", ()))
+
+
+def main() -> None:
+    checkpoint, fd = sys.argv[1], int(sys.argv[2])
+    torch.set_num_threads(1)  # one episode per worker process, like robopolicy's evaluator
+    policy, pre, post = load(checkpoint)
+    wanted = set(policy.config.input_features)
+    connection = Connection(fd)
+    connection.send(("ready", sorted(wanted)))
+    while True:
+        try:
+            request = connection.recv()
+        except EOFError:
+            break
+        if request[0] == "reset":
+            policy.reset()
+            connection.send(("ok",))
+        elif request[0] == "act":
+            new_chunk = queued_actions(policy) == 0
+            with torch.inference_mode():
+                action = post(policy.select_action(pre(batch_of(request[1], wanted))))
+            connection.send(("action", pack(action.squeeze(0).cpu().numpy().astype(np.float32)), new_chunk))
+        else:
+            connection.send(("error", f"unknown request {request[0]!r}"))
+
+
+if __name__ == "__main__":
+    main()
