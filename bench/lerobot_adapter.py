@@ -23,8 +23,14 @@ WORKER = Path(__file__).with_name("lerobot_policy_worker.py")
 
 
 def pack(value) -> tuple:
+    """An array as (dtype, shape, bytes): what crosses between the two numpy major versions."""
     array = np.ascontiguousarray(value)
     return str(array.dtype), tuple(array.shape), array.tobytes()
+
+
+def unpack(packed: tuple) -> np.ndarray:
+    dtype, shape, data = packed
+    return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)
 
 
 class LeRobotExecutor:
@@ -56,9 +62,8 @@ class LeRobotExecutor:
         reply = self._connection.recv()
         if reply[0] != "action":
             raise RuntimeError(f"LeRobot policy worker: {reply[1]}")
-        dtype, shape, data = reply[1]
         self.inferences += int(reply[2])
-        return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy()
+        return unpack(reply[1]).copy()
 
     def close(self) -> None:
         self._connection.close()  # the worker sees EOF and exits

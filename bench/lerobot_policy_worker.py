@@ -27,15 +27,8 @@ from multiprocessing.connection import Connection
 import numpy as np
 import torch
 
-
-def to_array(packed: tuple) -> np.ndarray:
-    dtype, shape, data = packed
-    return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)
-
-
-def pack(array: np.ndarray) -> tuple:
-    array = np.ascontiguousarray(array)
-    return str(array.dtype), tuple(array.shape), array.tobytes()
+# this script's folder (numpy only, so importable in either environment)
+from lerobot_adapter import pack, unpack
 
 
 def load(checkpoint: str):
@@ -57,9 +50,9 @@ def batch_of(observation: dict, wanted: set[str]) -> dict:
     for key, packed in observation.items():
         if key not in wanted:
             continue
-        value = torch.from_numpy(to_array(packed).copy())
+        value = torch.from_numpy(unpack(packed).copy())
         if value.dtype == torch.uint8:  # camera: HWC uint8 -> CHW float in [0, 1], as lerobot_eval does
-            value = value.permute(2, 0, 1).float() / 255.0
+            value = value.permute(2, 0, 1) / 255.0
         batch[key] = value.float().unsqueeze(0)
     return batch
 
