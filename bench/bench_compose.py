@@ -1,7 +1,8 @@
 """Test-time composition (GPC): does sampling from two flow policies together beat each of them?
 
   python bench/bench_compose.py NAME CHECKPOINT_A CHECKPOINT_B --env robosuite/NutAssemblySquare \\
-      [--episodes 50] [--seed 100000] [--search-seed 200000] [--search-episodes 20]
+      [--episodes 50] [--seed 100000] [--search-seed 200000] [--search-episodes 20] \\
+      [--envs 8] [--n-action-steps 4]
 
 Each part alone and the composition are evaluated on the same evaluation seeds; the composition's
 weights are chosen first on validation seeds (`robopolicy eval --compose-search`: a 0.25 grid,
@@ -33,6 +34,8 @@ def main() -> None:
     parser.add_argument("--search-seed", type=int, default=200_000)
     parser.add_argument("--search-episodes", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--envs", type=int, default=0, help="batched evaluation: envs stepped together (0 = off)")
+    parser.add_argument("--n-action-steps", type=int, help="actions executed per chunk (default: each policy's)")
     args = parser.parse_args()
 
     from robopolicy.evaluate.composition import search_weights
@@ -40,7 +43,8 @@ def main() -> None:
     from robopolicy.evaluate.evaluator import evaluate
 
     out = Path("runs") / f"compose_{args.name}"
-    base = EvalConfig(episodes=args.episodes, seed=args.seed, workers=args.workers, videos=0)
+    base = EvalConfig(episodes=args.episodes, seed=args.seed, workers=args.workers, envs=args.envs,
+                      n_action_steps=args.n_action_steps, videos=0)
     parts = []
     for i, checkpoint in enumerate(args.checkpoints):
         summary = evaluate(checkpoint, args.env, base, out / f"part_{i}", progress=False).summary
@@ -54,7 +58,8 @@ def main() -> None:
     print(f"composed {weights}: {summary['successes']}/{summary['episodes']}", flush=True)
     command = (f"python bench/bench_compose.py {args.name} {args.checkpoints[0]} {args.checkpoints[1]} --env {args.env}"
                f" --episodes {args.episodes} --seed {args.seed} --search-seed {args.search_seed}"
-               f" --search-episodes {args.search_episodes}")
+               f" --search-episodes {args.search_episodes} --envs {args.envs}"
+               + (f" --n-action-steps {args.n_action_steps}" if args.n_action_steps else ""))
     record = {"env": args.env, "success_parts": parts, "success_composed": success_figure(summary), "weights": weights,
               "search": table, "episodes": args.episodes, "seeds": [args.seed, args.seed + args.episodes - 1],
               "machine": machine(), "command": command}

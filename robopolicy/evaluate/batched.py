@@ -7,7 +7,8 @@ chunks of all envs waiting for one in a single forward pass, while the workers s
 episodes (one per seed, the same step limit and chunk execution), fewer and larger policy calls.
 
 What it does not do, and the default evaluator does: videos, per-episode crash isolation (a
-failing env stops the evaluation), temporal ensembling, composed policies. Sampling noise comes
+failing env stops the evaluation), temporal ensembling. Composed policies (GPC) batch too: each
+part reads its own observations of all waiting envs. Sampling noise comes
 from one generator for the whole evaluation, so a run is reproducible for the same settings, but
 an episode's noise depends on which envs share its batches (the default evaluator seeds it per
 episode).
@@ -31,8 +32,6 @@ def check_batchable(cfg: EvalConfig, label_with_expert: bool) -> None:
     if cfg.execution != "receding":
         raise ConfigError(f"batched evaluation (--envs / eval.envs) executes chunks (receding);"
                           f" execution={cfg.execution!r} needs --envs 0")
-    if cfg.compose:
-        raise ConfigError("batched evaluation (--envs / eval.envs): composed policies (--compose) need --envs 0")
     if label_with_expert:
         raise ConfigError("batched evaluation (eval.envs): expert-labelled rollouts (DAgger) need eval.envs=0")
 

@@ -12,7 +12,7 @@ normalized action space; the point is mapped to each other policy's space (throu
 its velocity back (normalization is affine per dimension, so velocities scale by the ratio of the
 ranges). Parts trained on the same task's data have the same statistics, and then both maps are the
 identity. `ComposedPolicy` offers what evaluation and deployment use of a `Policy`: the observation
-keys (the union), the chunk layout, and `predict_chunk`.
+keys (the union), the chunk layout, `predict_chunk`, and batched `sample_actions`.
 
 Diffusion policies compose the same way through their noise (or sample) predictions: at every
 DDIM/DDPM step of the first policy's sampler the prediction is the weighted sum of each policy's at
@@ -88,25 +88,39 @@ class ComposedPolicy:
             p.eval()
         return self
 
+    def observation_batches(self, observations: Sequence[Mapping[str, Any]]) -> list[dict]:
+        """Several env/robot observations -> one batch per policy, each in that policy's own format."""
+        return [p.observation_batches(observations) for p in self.policies]
+
     @torch.no_grad()
     def predict_chunk(self, observation: Mapping[str, Any], steps: int | None = None, prefix: np.ndarray | None = None,
                       generator: torch.Generator | None = None) -> np.ndarray:
         """(H', A) robot-unit actions from the combined velocity field (see the module docstring)."""
         if prefix is not None:
             raise ConfigError("composed policies do not continue committed prefixes (use the receding strategy)")
+        actions = self.sample_actions(self.observation_batches([observation]), steps=steps, generator=generator)
+        return actions[0].float().numpy()
+
+    @torch.no_grad()
+    def sample_actions(self, batches: Sequence[Mapping[str, Any]], steps: int | None = None,
+                       generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Batched inference (what batched evaluation calls): one batch per policy, as
+        `observation_batches` makes them -> (B, H', A) robot-unit actions. `noise` (flow only): the
+        chain's starting point, (B, horizon, A), instead of a draw from `generator`."""
         first = self.policies[0]
         steps = steps or first.head.cfg.num_inference_steps
-        conds = [p.encode(p.observation_batch(observation)) for p in self.policies]
+        conds = [p.encode(b) for p, b in zip(self.policies, batches)]
         prepared = [p.head.denoiser.prepare(c) for p, c in zip(self.policies, conds)]
+        n = conds[0].batch_size
         if self.diffusion:
-            x = first.head.denoise(self._combined_prediction(conds, prepared), 1, torch.device("cpu"), steps,
+            x = first.head.denoise(self._combined_prediction(conds, prepared), n, torch.device("cpu"), steps,
                                    generator=generator)
-            return first.normalizer.unnormalize("action", x)[0, first.chunk_start:].float().numpy()
-        shape = (1, first.config.horizon, first.spec.action_dim)
-        x = torch.randn(shape, generator=generator)
+            return first.normalizer.unnormalize("action", x)[:, first.chunk_start:]
+        shape = (n, first.config.horizon, first.spec.action_dim)
+        x = torch.randn(shape, generator=generator) if noise is None else noise.to(torch.float32)
         for i in range(steps):
             t = 1.0 - i / steps
-            time = torch.full((1,), t * TIME_SCALE)
+            time = torch.full((n,), t * TIME_SCALE)
             velocity = torch.zeros(shape)
             robot = first.normalizer.unnormalize("action", x)
             for p, w, ratio, cond, prep in zip(self.policies, self.weights, self.ratios, conds, prepared):
@@ -115,7 +129,7 @@ class ComposedPolicy:
                 x_p = x if p is first else p.normalizer.normalize("action", robot)
                 velocity += w * ratio * p.head.denoiser(x_p, time, cond, prepared=prep).float()
             x = x - velocity / steps
-        return first.normalizer.unnormalize("action", x)[0, first.chunk_start:].float().numpy()
+        return first.normalizer.unnormalize("action", x)[:, first.chunk_start:]
 
     def _combined_prediction(self, conds: list, prepared: list):
         """(x, t) -> the weighted sum of every diffusion policy's prediction at that noisy point."""
