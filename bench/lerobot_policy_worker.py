@@ -44,12 +44,11 @@ def load(checkpoint: str):
     return policy, pre, post
 
 
-def batch_of(observation: dict, wanted: set[str]) -> dict:
-    """One robopolicy observation as LeRobot's batch of one (only the features the policy reads)."""
+def batch_of(observation: dict) -> dict:
+    """One robopolicy observation (the adapter sends only the features the policy reads) as LeRobot's
+    batch of one."""
     batch = {}
     for key, packed in observation.items():
-        if key not in wanted:
-            continue
         value = torch.from_numpy(unpack(packed).copy())
         if value.dtype == torch.uint8:  # camera: HWC uint8 -> CHW float in [0, 1], as lerobot_eval does
             value = value.permute(2, 0, 1) / 255.0
@@ -69,9 +68,8 @@ def main() -> None:
     checkpoint, fd = sys.argv[1], int(sys.argv[2])
     torch.set_num_threads(1)  # one episode per worker process, like robopolicy's evaluator
     policy, pre, post = load(checkpoint)
-    wanted = set(policy.config.input_features)
     connection = Connection(fd)
-    connection.send(("ready", sorted(wanted)))
+    connection.send(("ready", sorted(policy.config.input_features)))
     while True:
         try:
             request = connection.recv()
@@ -83,7 +81,7 @@ def main() -> None:
         elif request[0] == "act":
             new_chunk = queued_actions(policy) == 0
             with torch.inference_mode():
-                action = post(policy.select_action(pre(batch_of(request[1], wanted))))
+                action = post(policy.select_action(pre(batch_of(request[1]))))
             connection.send(("action", pack(action.squeeze(0).cpu().numpy().astype(np.float32)), new_chunk))
         else:
             connection.send(("error", f"unknown request {request[0]!r}"))

@@ -92,7 +92,6 @@ class ComposedPolicy:
         """Several env/robot observations -> one batch per policy, each in that policy's own format."""
         return [p.observation_batches(observations) for p in self.policies]
 
-    @torch.no_grad()
     def predict_chunk(self, observation: Mapping[str, Any], steps: int | None = None, prefix: np.ndarray | None = None,
                       generator: torch.Generator | None = None) -> np.ndarray:
         """(H', A) robot-unit actions from the combined velocity field (see the module docstring)."""
