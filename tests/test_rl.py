@@ -53,6 +53,31 @@ def test_flow_chain_log_prob_is_the_gaussian_density_of_each_euler_step(toy_poli
         assert abs(float(z.mean())) < 0.5 and 0.6 < float(z.std()) < 1.4
 
 
+def test_chain_likelihood_counts_only_the_scored_actions(toy_policy):
+    """With `scored`, a transition's log-likelihood is the Gaussian density of the executed actions only."""
+    policy = toy_policy
+    full = make_chain(policy.head, 3, policy.encoder.pooled_dim, 0.05, 0.2)
+    part = make_chain(policy.head, 3, policy.encoder.pooled_dim, 0.05, 0.2, scored=slice(1, 3))
+    torch.nn.init.normal_(full.noise.net[-1].weight, std=0.5)  # state-dependent noise
+    part.noise.load_state_dict(full.noise.state_dict())
+    with torch.no_grad():
+        cond = policy.encode(policy.observation_batches(toy_windows(policy, 3)))
+        chains, sampled = part.sample(cond, torch.Generator().manual_seed(1))
+        got = part.log_prob(cond, chains)["log_prob"]
+        torch.testing.assert_close(got.sum(-1), sampled, atol=1e-4, rtol=1e-6)  # sampling scores the same
+        for k in range(3):
+            mean, std, _ = full.step(chains[:, k], k, cond, policy.head.denoiser.prepare(cond))
+            direct = torch.distributions.Normal(mean[:, 1:3], std[:, 1:3]).log_prob(chains[:, k + 1, 1:3])
+            torch.testing.assert_close(got[:, k], direct.flatten(1).sum(-1), atol=1e-3, rtol=1e-5)
+    assert part.scored_elements == 2 * policy.head.action_dim
+    # the chunk's unexecuted actions do not move the likelihood at all
+    moved = chains.clone()
+    moved[:, -1, 0] += 0.3
+    with torch.no_grad():
+        torch.testing.assert_close(part.log_prob(cond, moved)["log_prob"], got)
+        assert not torch.allclose(full.log_prob(cond, moved)["log_prob"], full.log_prob(cond, chains)["log_prob"])
+
+
 def test_diffusion_chain_means_are_ddim_steps(tmp_path):
     """Without noise the diffusion chain is the DDIM sampler the fine-tuned checkpoint evaluates with."""
     from conftest import LIFT_VIDEO
@@ -136,11 +161,21 @@ def test_act_policies_are_refused_clearly(tmp_path):
         Learner(policy, cfg)
 
 
+def test_more_actions_per_decision_than_a_chunk_holds_is_refused(tmp_path, toy_checkpoint):
+    from robopolicy.errors import ConfigError
+
+    cfg = load_finetune_config(None, [f"checkpoint={toy_checkpoint}", f"env={TOY}", f"output_dir={tmp_path}",
+                                      "n_action_steps=99"])
+    with pytest.raises(ConfigError, match="n_action_steps=99"):
+        finetune(cfg)
+    assert not (tmp_path / "finetune" / "checkpoints").exists()
+
+
 def _toy_finetune(root, toy_checkpoint, iterations, resume=False):
     overrides = [f"checkpoint={toy_checkpoint}", f"env={TOY}", f"output_dir={root}", "name=ft",
                  f"iterations={iterations}", "envs=3", "workers=1", "max_steps=30", "eval_every=0",
                  "eval.episodes=3", "eval.workers=1", "progress=false", "ppo.minibatch_size=16", "ppo.epochs=2",
-                 "ppo.target_kl=null"]
+                 "ppo.target_kl=null", "n_action_steps=2"]
     return finetune(load_finetune_config(None, overrides), resume=resume)
 
 
@@ -152,6 +187,7 @@ def test_finetune_writes_an_ordinary_checkpoint_and_resumes_bit_exactly(tmp_path
     last = tmp_path / "a/ft/checkpoints/last"
     tuned = Policy.load(last)  # an ordinary policy folder
     assert tuned.config.flow.num_inference_steps == 4  # samples with the chain's K deterministic steps
+    assert tuned.config.n_action_steps == 2  # and executes as many actions per chunk as the rollouts did
     start = Policy.load(toy_checkpoint)
     changed = [k for k, v in tuned.state_dict().items() if not torch.equal(v, start.state_dict()[k])]
     assert changed, "fine-tuning changed no weight"

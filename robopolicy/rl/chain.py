@@ -15,8 +15,11 @@ action range when the head clips, re-noised to the next level), and sigma_k the 
 network.
 
 `x_0` is standard normal and does not depend on the parameters, so it is left out of the
-likelihood. Means are clipped to [-clip, clip] (the normalized action range, with a margin), as both
-papers do, so a chain cannot run away from where the policy was trained. The noise network is for
+likelihood. With `scored` (a slice of the chunk's time steps) the likelihood counts only those
+actions, the ones the env executes (as DPPO does): the others never reach the env, so their noise
+only adds variance to the policy gradient and weight to the ratios. Means are clipped to
+[-clip, clip] (the normalized action range, with a margin), as both papers do, so a chain cannot run
+away from where the policy was trained. The noise network is for
 training only: a fine-tuned checkpoint samples with its head's ordinary deterministic sampler.
 """
 
@@ -74,12 +77,23 @@ class StochasticChain(nn.Module):
     """
 
     def __init__(self, head: ActionHead, steps: int, pooled_dim: int, std_min: float, std_max: float,
-                 clip: float = 1.0):
+                 clip: float = 1.0, scored: slice | None = None):
         super().__init__()
         if steps < 1:
             raise ValueError(f"a denoising chain needs >= 1 step, got {steps}")
         self.head, self.steps, self.clip = head, steps, clip
+        self.scored = scored if scored is not None else slice(None)
         self.noise = NoiseNet(head.horizon, head.action_dim, pooled_dim, std_min, std_max)
+
+    @property
+    def scored_elements(self) -> int:
+        """Gaussian dimensions per transition that the likelihood counts."""
+        return len(range(self.head.horizon)[self.scored]) * self.head.action_dim
+
+    def transition_log_prob(self, x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """log N(x_next; mean, std^2) over the scored time steps of the chunk: (B,)."""
+        s = self.scored
+        return gaussian_log_prob(x_next[:, s], mean[:, s], std[:, s])
 
     def level(self, k: int) -> float:
         """The noise level of x_k in [0, 1] (1: pure noise), the noise network's time input."""
@@ -115,7 +129,7 @@ class StochasticChain(nn.Module):
         for k in range(self.steps):
             mean, std, _ = self.step(x, k, cond, prepared)
             x = mean + std * noise[:, k + 1]
-            log_prob += gaussian_log_prob(x, mean, std)
+            log_prob += self.transition_log_prob(x, mean, std)
             chain.append(x)
         return torch.stack(chain, dim=1), log_prob
 
@@ -127,8 +141,8 @@ class StochasticChain(nn.Module):
         log_probs, log_stds, outs = [], [], []
         for k in range(self.steps):
             mean, std, out = self.step(chain[:, k], k, cond, prepared)
-            log_probs.append(gaussian_log_prob(chain[:, k + 1], mean, std))
-            log_stds.append(std.log().flatten(1).mean(-1))
+            log_probs.append(self.transition_log_prob(chain[:, k + 1], mean, std))
+            log_stds.append(std[:, self.scored].log().flatten(1).mean(-1))
             outs.append(out)
         return {"log_prob": torch.stack(log_probs, dim=1), "log_std": torch.stack(log_stds, dim=1).mean(-1),
                 "outputs": torch.stack(outs, dim=1)}
@@ -157,8 +171,8 @@ class DiffusionChain(StochasticChain):
     head: DiffusionHead
 
     def __init__(self, head: DiffusionHead, steps: int, pooled_dim: int, std_min: float, std_max: float,
-                 clip: float = 1.0):
-        super().__init__(head, steps, pooled_dim, std_min, std_max, clip)
+                 clip: float = 1.0, scored: slice | None = None):
+        super().__init__(head, steps, pooled_dim, std_min, std_max, clip, scored)
         ddim = DDIMScheduler.from_config(head.noise_scheduler.config)  # the head's DDIM sampler's timesteps
         ddim.set_timesteps(steps)
         timesteps = ddim.timesteps.long()
@@ -185,9 +199,10 @@ CHAINS: dict[type, type[StochasticChain]] = {FlowHead: FlowChain, DiffusionHead:
 
 
 def make_chain(head: ActionHead, steps: int, pooled_dim: int, std_min: float, std_max: float,
-               clip: float = 1.0) -> StochasticChain:
-    """The stochastic chain of a flow or diffusion head (ACT has no denoising chain to fine-tune)."""
+               clip: float = 1.0, scored: slice | None = None) -> StochasticChain:
+    """The stochastic chain of a flow or diffusion head (ACT has no denoising chain to fine-tune);
+    `scored`: the chunk's time steps its likelihood counts (None: all)."""
     kind = CHAINS.get(type(head))
     if kind is None:
         raise TypeError(f"RL fine-tuning needs a flow or diffusion head (a denoising chain), not {type(head).__name__}")
-    return kind(head, steps, pooled_dim, std_min, std_max, clip)
+    return kind(head, steps, pooled_dim, std_min, std_max, clip, scored)

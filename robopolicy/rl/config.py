@@ -28,6 +28,9 @@ class PPOConfig:
     bc_coef: float = 0.0  # pull the network's outputs along the chain toward the starting policy's
     max_grad_norm: float = 1.0
     logprob_per_dimension: bool = True  # ratios from the mean log-likelihood per chain element, not the sum
+    # which actions of a sampled chunk the likelihood counts: those the env executes (n_action_steps
+    # from the chunk's start), or the whole chunk
+    likelihood: Literal["executed", "chunk"] = "executed"
     critic_warmup_iterations: int = 0  # iterations that train the value network only
 
     def __post_init__(self):
@@ -48,11 +51,21 @@ class FinetuneConfig:
     workers: int = 2  # rollout worker processes (0: envs in this process)
     seed: int = 400_000  # rollout seeds: disjoint from demonstrations, evaluation (100000+), validation, DAgger
     denoising_steps: int = 4  # chain length K; the fine-tuned policy samples with K deterministic steps
+    # actions executed per chunk decision, in the rollouts, the evaluations and the fine-tuned checkpoint's
+    # config (None: the policy's own)
+    n_action_steps: int | None = None
     std_min: float = 0.05  # exploration noise bounds, in normalized action units ([-1, 1] = the data's range)
     std_max: float = 0.20
     reward: Literal["success", "env"] = "success"  # or the env's own (possibly shaped) reward, summed per chunk
+    # with reward: success, plus this times the env's own reward summed over the chunk: a dense hint
+    # (e.g. robosuite's staged reward, env_kwargs.reward_shaping: true) kept small enough that
+    # succeeding early still pays more than collecting it until the step limit
+    env_reward_coef: float = 0.0
+    env_kwargs: dict = field(default_factory=dict)  # extra keyword arguments for the env's constructor
     max_steps: int | None = None  # episode step limit; None = the env's default (as in evaluation)
-    num_threads: int | None = None  # torch threads in this process (None: torch's default)
+    num_threads: int | None = None  # torch threads in this process while rollouts run (None: torch's default)
+    # torch threads for the PPO update, when the rollout workers are idle (None: as num_threads)
+    update_threads: int | None = None
     eval_every: int = 10  # evaluate on eval.seed... every N iterations (0: only before and after)
     save_every: int = 1  # checkpoint every N iterations (resume starts from the last one)
     progress: bool = True  # a progress bar (success rate, return, KL, noise level)
@@ -63,6 +76,8 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.iterations < 1 or self.envs < 1 or self.workers < 0:
             raise ValueError("iterations and envs must be >= 1, workers >= 0")
+        if self.n_action_steps is not None and self.n_action_steps < 1:
+            raise ValueError(f"n_action_steps must be >= 1, got {self.n_action_steps}")
         if self.denoising_steps < 1:
             raise ValueError(f"denoising_steps must be >= 1, got {self.denoising_steps}")
         if not 0 < self.std_min <= self.std_max:

@@ -67,9 +67,12 @@ class Learner:
 
     def __init__(self, policy: Policy, cfg: FinetuneConfig):
         self.policy, self.cfg = policy, cfg
+        scored = None
+        if cfg.ppo.likelihood == "executed":
+            scored = slice(policy.chunk_start, policy.chunk_start + policy.config.n_action_steps)
         try:
             self.chain: StochasticChain = make_chain(policy.head, cfg.denoising_steps, policy.encoder.pooled_dim,
-                                                     cfg.std_min, cfg.std_max)
+                                                     cfg.std_min, cfg.std_max, scored=scored)
         except TypeError as err:
             raise ConfigError(f"{cfg.checkpoint}: {err}") from None
         self.critic = ValueNet(policy.encoder.pooled_dim)
@@ -91,7 +94,7 @@ class Learner:
 
     @property
     def n_elements(self) -> int:
-        return self.chain.steps * self.chain.head.horizon * self.chain.head.action_dim
+        return self.chain.steps * self.chain.scored_elements
 
     # ------------------------------------------------------------------ rollouts
     @torch.no_grad()
@@ -118,7 +121,8 @@ class Learner:
             results = envs.step({i: actions[j] for j, i in enumerate(ids)})
             for j, i in enumerate(ids):
                 r = results[i]
-                reward = r.reward if self.cfg.reward == "success" else r.env_reward
+                reward = (r.reward + self.cfg.env_reward_coef * r.env_reward if self.cfg.reward == "success"
+                          else r.env_reward)
                 episodes[i].append(Decision(windows[i], chains[j], float(log_probs[j]), float(values[j]), reward))
                 env_steps += r.steps
                 sim_seconds += r.sim_seconds
@@ -249,13 +253,21 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
         raise RobopolicyError(f"{run_dir} already holds a fine-tuning run: pass --resume, or choose another name")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    rollout_threads = torch.get_num_threads()
     policy = Policy.load(cfg.checkpoint)
+    if cfg.n_action_steps:
+        room = policy.config.horizon - policy.chunk_start
+        if cfg.n_action_steps > room:
+            raise ConfigError(f"n_action_steps={cfg.n_action_steps}: {cfg.checkpoint} predicts only {room} actions "
+                              f"from the current step")
+        policy.config.n_action_steps = cfg.n_action_steps  # the rollouts' and the fine-tuned checkpoint's
     env_name = cfg.env or _checkpoint_env(Path(cfg.checkpoint))
     torch.manual_seed(cfg.seed)  # the noise and value networks' initial weights: a run is reproducible
     learner = Learner(policy, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    eval_cfg = dataclasses.replace(cfg.eval, inference_steps=cfg.denoising_steps, max_steps=cfg.max_steps)
+    eval_cfg = dataclasses.replace(cfg.eval, inference_steps=cfg.denoising_steps, max_steps=cfg.max_steps,
+                                   n_action_steps=cfg.n_action_steps or cfg.eval.n_action_steps)
     show = cfg.progress if progress is None else progress
 
     record = {"env_steps": 0, "wall_seconds": 0.0, "success_before": None}
@@ -277,7 +289,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
         return evaluate(last, env_name, eval_cfg, run_dir / f"eval_{iteration:04d}", progress=False).summary[
             "success_rate"]
 
-    env_kwargs = env_kwargs_for(policy.spec, cfg.eval, record=False)
+    env_kwargs = {**env_kwargs_for(policy.spec, cfg.eval, record=False), **cfg.env_kwargs}
     bar = None
     if show:
         from tqdm import tqdm
@@ -290,8 +302,12 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
             generator = torch.Generator().manual_seed(cfg.seed * 1000 + iteration)
             seeds = [cfg.seed + iteration * cfg.envs + i for i in range(cfg.envs)]
             episodes, stats = learner.rollouts(envs, seeds, generator)
+            if cfg.update_threads:
+                torch.set_num_threads(cfg.update_threads)
             stats.update(learner.update(episodes, generator,
                                         actor_frozen=iteration < cfg.ppo.critic_warmup_iterations))
+            if cfg.update_threads:
+                torch.set_num_threads(rollout_threads)
             record["env_steps"] += stats.pop("env_steps")
             record["wall_seconds"] += time.perf_counter() - started
             done = iteration + 1
@@ -321,7 +337,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
                "success_before": record["success_before"], "success_after": record.get("success_after"),
                "episodes": cfg.eval.episodes, "eval_seeds": [cfg.eval.seed, cfg.eval.seed + cfg.eval.episodes - 1],
                "iterations": max(cfg.iterations, start_iteration), "env_steps": record["env_steps"], "wall_seconds": record["wall_seconds"],
-               "denoising_steps": cfg.denoising_steps, "fine_tuned": str(last)}
+               "denoising_steps": cfg.denoising_steps, "n_action_steps": policy.config.n_action_steps,
+               "fine_tuned": str(last)}
     (run_dir / "finetune.json").write_text(json.dumps(summary, indent=1))
     return summary
 

@@ -78,7 +78,9 @@ class RobosuiteEnv(gym.Env):
 
     def __init__(self, task: str = "Lift", images: bool = False, image_size: int = 84,
                  cameras: tuple[str, ...] = tuple(CAMERAS), max_steps: int | None = None,
-                 render_size: int | None = None):
+                 render_size: int | None = None, reward_shaping: bool = False):
+        """`reward_shaping`: robosuite's dense staged reward (reach, grasp, lift, ...) scaled to at most
+        1 per step, instead of its sparse one; success is the same either way (RL fine-tuning reads it)."""
         if task not in TASKS:
             raise EnvError(f"unknown robosuite task {task!r}; available: {sorted(TASKS)}")
         unknown = [c for c in cameras if c not in CAMERAS]
@@ -106,7 +108,7 @@ class RobosuiteEnv(gym.Env):
             has_renderer=False, has_offscreen_renderer=images or render_size is not None,
             use_camera_obs=images, camera_names=self.cameras or "agentview",
             camera_heights=image_size, camera_widths=image_size,
-            control_freq=20, horizon=self.max_steps, ignore_done=True, reward_shaping=False,
+            control_freq=20, horizon=self.max_steps, ignore_done=True, reward_shaping=reward_shaping,
             hard_reset=False, seed=0,
         )
         self._raw_obs = self.raw.reset()
