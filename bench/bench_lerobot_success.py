@@ -6,7 +6,7 @@ training samples (steps x batch), the same env, seeds and step limit — only th
   # 1. train with LeRobot's own CLI (`lerobot-train`, its environment), timed
   python bench/bench_lerobot_success.py train --dataset datasets/square_lowdim_800_dart400 \\
       --policy diffusion --steps 15000 --batch-size 256 --out runs/lerobot_square_diffusion \\
-      [--arg=--policy.down_dims=[32,64,128] ...]
+      [--save-every 2500] [--resume] [--arg=--policy.down_dims=[32,64,128] ...]
   # 2. score its last checkpoint in robopolicy's env (robopolicy's episode runner, bench/lerobot_adapter.py)
   python bench/bench_lerobot_success.py evaluate --run runs/lerobot_square_diffusion \\
       --env robosuite/NutAssemblySquare --seed 100000 --episodes 50 --name lerobot_square_lowdim_diffusion
@@ -35,6 +35,8 @@ DEFAULT_PYTHON = "/tmp/lerobot/bin/python"
 
 
 def train(args) -> None:
+    """lerobot-train on the dataset, timed. With --resume, a run killed part-way continues from its
+    last saved checkpoint (LeRobot's own --resume) and the wall time of every attempt is added up."""
     dataset = Path(args.dataset).resolve()
     info = json.loads((dataset / "meta" / "info.json").read_text())
     out = Path(args.out).resolve()
@@ -42,13 +44,28 @@ def train(args) -> None:
     command = [str(lerobot_train), f"--dataset.repo_id=local/{dataset.name}", f"--dataset.root={dataset}",
                f"--policy.type={args.policy}", "--policy.device=cpu", "--policy.push_to_hub=false",
                f"--steps={args.steps}", f"--batch_size={args.batch_size}", f"--num_workers={args.num_workers}",
-               f"--save_freq={args.steps}", f"--log_freq={max(1, args.steps // 50)}", "--eval_freq=0",
-               "--wandb.enable=false", f"--output_dir={out}", f"--seed={args.seed}", *args.arg]
-    print(" ".join(command), flush=True)
+               f"--save_freq={args.save_every or args.steps}", f"--log_freq={max(1, args.steps // 50)}",
+               "--eval_freq=0", "--wandb.enable=false", f"--output_dir={out}", f"--seed={args.seed}", *args.arg]
+    clock = out.parent / f"{out.name}.train_time.json"
+    last = out / "checkpoints" / "last" / "pretrained_model" / "train_config.json"
+    spent = json.loads(clock.read_text())["seconds"] if args.resume and clock.exists() else 0.0
+    run = command
+    if args.resume and last.exists():
+        run = [str(lerobot_train), f"--config_path={last}", "--resume=true"]
+    print(" ".join(run), flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     start = time.perf_counter()
-    subprocess.run(command, env=env, check=True)
-    seconds = time.perf_counter() - start
+    with subprocess.Popen(run, env=env) as proc:
+        while True:
+            try:
+                proc.wait(timeout=30)
+                break
+            except subprocess.TimeoutExpired:
+                clock.write_text(json.dumps({"seconds": spent + time.perf_counter() - start}))
+    if proc.returncode:
+        raise SystemExit(f"lerobot-train exited with status {proc.returncode}; rerun with --resume to continue")
+    seconds = spent + time.perf_counter() - start
+    clock.write_text(json.dumps({"seconds": seconds}))
     record = {"toolkit": "lerobot 0.4.4", "policy": args.policy, "dataset": str(Path(args.dataset)),
               "demos": info["total_episodes"], "demo_frames": info["total_frames"], "train_steps": args.steps,
               "batch_size": args.batch_size, "samples_seen": args.steps * args.batch_size,
@@ -141,6 +158,8 @@ def main() -> None:
     t.add_argument("--num-workers", type=int, default=2)
     t.add_argument("--seed", type=int, default=1000)
     t.add_argument("--out", required=True)
+    t.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (default: at the end only)")
+    t.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
     t.add_argument("--arg", action="append", default=[], help="one more lerobot-train argument (repeatable)")
     e = sub.add_parser("evaluate", help="score a lerobot-train run's last checkpoint in a robopolicy env")
     e.add_argument("--run", required=True)

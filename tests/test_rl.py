@@ -171,12 +171,41 @@ def test_more_actions_per_decision_than_a_chunk_holds_is_refused(tmp_path, toy_c
     assert not (tmp_path / "finetune" / "checkpoints").exists()
 
 
-def _toy_finetune(root, toy_checkpoint, iterations, resume=False):
+def _toy_finetune(root, toy_checkpoint, iterations, resume=False, extra=()):
     overrides = [f"checkpoint={toy_checkpoint}", f"env={TOY}", f"output_dir={root}", "name=ft",
                  f"iterations={iterations}", "envs=3", "workers=1", "max_steps=30", "eval_every=0",
                  "eval.episodes=3", "eval.workers=1", "progress=false", "ppo.minibatch_size=16", "ppo.epochs=2",
-                 "ppo.target_kl=null", "n_action_steps=2"]
+                 "ppo.target_kl=null", "n_action_steps=2", *extra]
     return finetune(load_finetune_config(None, overrides), resume=resume)
+
+
+def test_validation_seeds_that_overlap_the_evaluation_seeds_are_refused(tmp_path, toy_checkpoint):
+    from robopolicy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="overlap the evaluation seeds"):
+        _toy_finetune(tmp_path, toy_checkpoint, 1, extra=["validation_episodes=5", "validation_seed=100002"])
+    assert not (tmp_path / "ft").exists()
+
+
+@pytest.mark.slow
+def test_the_result_is_the_checkpoint_chosen_on_validation_seeds(tmp_path, toy_checkpoint):
+    """Selection keeps the best validation score (the start included) and reports that checkpoint."""
+    from robopolicy.evaluate.config import EvalConfig
+    from robopolicy.evaluate.evaluator import evaluate
+
+    out = _toy_finetune(tmp_path, toy_checkpoint, 3, extra=["validation_episodes=6", "validation_every=1",
+                                                            "validation_seed=200000", "max_steps=20"])
+    metrics = [json.loads(line) for line in (tmp_path / "ft/metrics.jsonl").read_text().splitlines()]
+    scores = {m["step"]: m["validation/success_rate"] for m in metrics if "validation/success_rate" in m}
+    assert sorted(scores) == [0, 1, 2, 3]
+    chosen = min(scores, key=lambda i: (-scores[i], i))  # the first of the best
+    assert out["selected_iteration"] == chosen and out["best_validation"] == scores[chosen]
+    best = tmp_path / "ft/checkpoints/best"
+    assert out["fine_tuned"] == str(best)
+    again = evaluate(best, TOY, EvalConfig(seed=200000, episodes=6, workers=1, videos=0, max_steps=20,
+                                           n_action_steps=2, inference_steps=4), tmp_path / "again", progress=False)
+    assert again.summary["success_rate"] == scores[chosen]  # the kept folder is the one that scored it
+    assert out["success_last"] is not None and out["success_after"] is not None
 
 
 @pytest.mark.slow

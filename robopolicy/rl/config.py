@@ -67,6 +67,14 @@ class FinetuneConfig:
     # torch threads for the PPO update, when the rollout workers are idle (None: as num_threads)
     update_threads: int | None = None
     eval_every: int = 10  # evaluate on eval.seed... every N iterations (0: only before and after)
+    # checkpoint selection on validation seeds, disjoint from the evaluation seeds: every
+    # `validation_every` iterations the policy is scored on `validation_episodes` episodes from
+    # `validation_seed`, and the best so far (the starting policy included) is kept in checkpoints/best,
+    # which is then the run's result. A PPO run's last iteration is not its best one: the noisy
+    # updates can walk downhill. 0 episodes: no selection, the last iteration is the result.
+    validation_episodes: int = 0
+    validation_every: int = 5
+    validation_seed: int = 200_000
     save_every: int = 1  # checkpoint every N iterations (resume starts from the last one)
     progress: bool = True  # a progress bar (success rate, return, KL, noise level)
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -80,5 +88,7 @@ class FinetuneConfig:
             raise ValueError(f"n_action_steps must be >= 1, got {self.n_action_steps}")
         if self.denoising_steps < 1:
             raise ValueError(f"denoising_steps must be >= 1, got {self.denoising_steps}")
+        if self.validation_episodes < 0 or self.validation_every < 1:
+            raise ValueError("validation_episodes must be >= 0 and validation_every >= 1")
         if not 0 < self.std_min <= self.std_max:
             raise ValueError(f"need 0 < std_min <= std_max, got {self.std_min}, {self.std_max}")

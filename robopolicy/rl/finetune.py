@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -87,7 +88,10 @@ class Learner:
             "noise": torch.optim.Adam(self.chain.noise.parameters(), lr=p.noise_lr),
             "critic": torch.optim.Adam(self.critic.parameters(), lr=p.critic_lr),
         }
-        self.parameters = [q for o in self.optimizers.values() for g in o.param_groups for q in g["params"]]
+        # each optimizer's parameters have their gradient norm clipped on their own: a large value-loss
+        # gradient (early, while the critic learns the returns) must not shrink the policy's step
+        self.clipped_groups = {name: [q for g in o.param_groups for q in g["params"]]
+                               for name, o in self.optimizers.items()}
         # the chain's density and the encoder's conditioning must not change with a train/eval
         # switch (random crops in training mode): everything stays in eval mode, gradients flow anyway
         policy.eval()
@@ -179,7 +183,8 @@ class Learner:
                 for optimizer in self.optimizers.values():
                     optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.parameters, p.max_grad_norm)
+                for params in self.clipped_groups.values():
+                    torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
                 self.optimizers["critic"].step()
                 if not actor_frozen:
                     self.optimizers["actor"].step()
@@ -245,6 +250,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
     """Fine-tune `cfg.checkpoint` with PPO; returns the summary written to finetune.json."""
     if not cfg.checkpoint:
         raise ConfigError("finetune needs the policy to start from: --checkpoint RUN/checkpoints/last")
+    if cfg.validation_episodes and (cfg.validation_seed < cfg.eval.seed + cfg.eval.episodes
+                                    and cfg.eval.seed < cfg.validation_seed + cfg.validation_episodes):
+        raise ConfigError(f"validation seeds {cfg.validation_seed}+{cfg.validation_episodes} overlap the evaluation "
+                          f"seeds {cfg.eval.seed}+{cfg.eval.episodes}: choose the checkpoint on seeds it is not scored on")
     run_dir = Path(cfg.output_dir) / cfg.name
     last = run_dir / "checkpoints" / "last"
     if resume and not last.is_dir():
@@ -270,12 +279,15 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
                                    n_action_steps=cfg.n_action_steps or cfg.eval.n_action_steps)
     show = cfg.progress if progress is None else progress
 
-    record = {"env_steps": 0, "wall_seconds": 0.0, "success_before": None}
+    validation_cfg = dataclasses.replace(eval_cfg, seed=cfg.validation_seed, episodes=cfg.validation_episodes)
+    best = run_dir / "checkpoints" / "best"
+    record = {"env_steps": 0, "wall_seconds": 0.0, "success_before": None, "best_validation": None,
+              "best_iteration": None}
     start_iteration = 0
     if resume:
         meta = learner.load(last)
         start_iteration = meta["iteration"]
-        record = {k: meta[k] for k in record}
+        record = {k: meta.get(k, v) for k, v in record.items()}
         truncate_metrics(run_dir, start_iteration)
     logger = MetricsLogger(run_dir, cfg.wandb, to_dict(cfg))
     if record["success_before"] is None:
@@ -284,10 +296,26 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
         logger.log(0, {"eval/success_rate": record["success_before"], "env_steps": 0, "wall_seconds": 0.0})
         learner.save(last, 0, record)
 
-    def score(iteration: int) -> float:
-        """The saved policy's success on the evaluation seeds, with the deterministic K-step sampler."""
-        return evaluate(last, env_name, eval_cfg, run_dir / f"eval_{iteration:04d}", progress=False).summary[
-            "success_rate"]
+    def score(iteration: int, folder: Path = last) -> float:
+        """A saved policy's success on the evaluation seeds, with the deterministic K-step sampler."""
+        out = run_dir / (f"eval_{iteration:04d}" if folder == last else f"eval_{folder.name}_{iteration:04d}")
+        return evaluate(folder, env_name, eval_cfg, out, progress=False).summary["success_rate"]
+
+    def validate(iteration: int) -> float:
+        """Score `last` on the validation seeds; keep it as `best` when it beats every earlier one."""
+        t = time.perf_counter()
+        rate = evaluate(last, env_name, validation_cfg, run_dir / f"validation_{iteration:04d}",
+                        progress=False).summary["success_rate"]
+        if record["best_validation"] is None or rate > record["best_validation"]:
+            _replace_folder(last, best)
+            record["best_validation"], record["best_iteration"] = rate, iteration
+        record["wall_seconds"] += time.perf_counter() - t  # part of the method, so part of its budget
+        learner.save(last, iteration, record)
+        return rate
+
+    if cfg.validation_episodes and record["best_iteration"] is None:
+        logger.log(start_iteration, {"validation/success_rate": validate(start_iteration),
+                                     "env_steps": record["env_steps"], "wall_seconds": record["wall_seconds"]})
 
     env_kwargs = {**env_kwargs_for(policy.spec, cfg.eval, record=False), **cfg.env_kwargs}
     bar = None
@@ -321,6 +349,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
                 learner.save(last, done, record)
             if evaluating:
                 metrics["eval/success_rate"] = record["success_after"] = score(done)
+            if cfg.validation_episodes and (done % cfg.validation_every == 0 or done == cfg.iterations):
+                metrics["validation/success_rate"] = validate(done)
+                metrics["wall_seconds"] = record["wall_seconds"]
             logger.log(done, metrics)
     if bar is not None:
         bar.close()
@@ -328,6 +359,12 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
         record["success_after"] = score(start_iteration)
         logger.log(start_iteration, {"eval/success_rate": record["success_after"], "env_steps": record["env_steps"],
                                     "wall_seconds": record["wall_seconds"]})
+    result = last
+    if cfg.validation_episodes:  # the run's result is the checkpoint chosen on the validation seeds
+        record["success_last"] = record["success_after"]
+        if record["best_iteration"] != max(cfg.iterations, start_iteration):
+            record["success_after"] = score(record["best_iteration"], best)
+        result = best
     logger.close()
     plot_curve(run_dir)
     rates = [r for r in read_metrics(run_dir) if r.get("rollout/raw_sim_steps_per_s")]
@@ -338,9 +375,19 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
                "episodes": cfg.eval.episodes, "eval_seeds": [cfg.eval.seed, cfg.eval.seed + cfg.eval.episodes - 1],
                "iterations": max(cfg.iterations, start_iteration), "env_steps": record["env_steps"], "wall_seconds": record["wall_seconds"],
                "denoising_steps": cfg.denoising_steps, "n_action_steps": policy.config.n_action_steps,
-               "fine_tuned": str(last)}
+               "fine_tuned": str(result)}
+    if cfg.validation_episodes:
+        summary.update({"success_last": record["success_last"], "selected_iteration": record["best_iteration"],
+                        "best_validation": record["best_validation"],
+                        "validation_seeds": [cfg.validation_seed, cfg.validation_seed + cfg.validation_episodes - 1]})
     (run_dir / "finetune.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _replace_folder(source: Path, target: Path) -> None:
+    """Copy `source` over `target` atomically: a kill leaves the old copy or the new one whole."""
+    with atomic_directory(target) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
 
 
 def _checkpoint_env(checkpoint: Path) -> str:
@@ -354,7 +401,7 @@ def _checkpoint_env(checkpoint: Path) -> str:
 
 
 def plot_curve(run_dir: Path) -> Path | None:
-    """curve.png: evaluation and rollout success against env steps and against wall time."""
+    """curve.png: evaluation, validation and rollout success against env steps and against wall time."""
     records = read_metrics(run_dir)
     if not records:
         return None
@@ -370,6 +417,10 @@ def plot_curve(run_dir: Path) -> Path | None:
         ax.plot([r[x] for r in rollouts], [r["rollout/success_rate"] for r in rollouts], alpha=0.5,
                 label="rollouts (noisy chain)")
         ax.plot([r[x] for r in evals], [r["eval/success_rate"] for r in evals], "o-", label="evaluation seeds")
+        checks = [r for r in records if "validation/success_rate" in r]
+        if checks:
+            ax.plot([r[x] for r in checks], [r["validation/success_rate"] for r in checks], "s--",
+                    label="validation seeds")
         ax.set_xlabel("environment steps" if x == "env_steps" else "wall time (s)")
         ax.set_ylim(0, 1.05)
         ax.grid(alpha=0.3)
