@@ -295,9 +295,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = args.out or Path(args.checkpoint).resolve().parent.parent / "eval" / Path(args.checkpoint).resolve().name
     if args.compose_search:
         from robopolicy.evaluate.composition import search_weights
+        from robopolicy.evaluate.config import seed_ranges_overlap
 
-        if args.seed <= args.search_seed < args.seed + args.episodes or \
-                args.search_seed <= args.seed < args.search_seed + args.search_episodes:
+        if seed_ranges_overlap(args.seed, args.episodes, args.search_seed, args.search_episodes):
             raise RobopolicyError("--search-seed: the validation seeds overlap the evaluation seeds")
         best, table = search_weights(args.checkpoint, args.env, cfg, Path(out), args.search_seed,
                                      args.search_episodes, progress=not args.no_progress)

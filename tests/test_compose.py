@@ -135,6 +135,8 @@ def test_eval_with_a_composition_and_weights_chosen_on_validation_seeds(pair, to
     assert final["composed_with"]["weights"] == search["best"] and final["seeds"][0] == 100000
     bad = cli(tmp_path, "--checkpoint", str(toy_checkpoint), "--env", "test/reach", "--compose-weights", "0.5,0.5")
     assert bad.returncode == 2 and "--compose" in bad.stderr
+    overlapping = cli(tmp_path, *base, "--compose-search", "--search-seed", "100004", "--out", "x", "--no-progress")
+    assert overlapping.returncode == 2 and "overlap the evaluation seeds" in overlapping.stderr
 
 
 def test_deploy_with_a_composition_matches_its_offline_evaluation_step_for_step(pair, toy_checkpoint, tmp_path):

@@ -30,3 +30,9 @@ class EvalConfig:
     def __post_init__(self):
         if self.envs < 0:
             raise ValueError(f"eval.envs must be >= 0 (0 = unbatched), got {self.envs}")
+
+
+def seed_ranges_overlap(first_a: int, count_a: int, first_b: int, count_b: int) -> bool:
+    """Whether seeds first_a..first_a+count_a-1 and first_b..first_b+count_b-1 share one: settings chosen
+    on validation seeds must never be scored on the same seeds."""
+    return first_a < first_b + count_b and first_b < first_a + count_a

@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from robopolicy.config import load_config, save_config
 from robopolicy.errors import ConfigError, RobopolicyError
+from robopolicy.evaluate.config import seed_ranges_overlap
 from robopolicy.evaluate.evaluator import env_kwargs_for, evaluate
 from robopolicy.fileio import atomic_directory
 from robopolicy.policy.policy import Policy, write_policy_files
@@ -90,8 +91,7 @@ class Learner:
         }
         # each optimizer's parameters have their gradient norm clipped on their own: a large value-loss
         # gradient (early, while the critic learns the returns) must not shrink the policy's step
-        self.clipped_groups = {name: [q for g in o.param_groups for q in g["params"]]
-                               for name, o in self.optimizers.items()}
+        self.clipped_groups = [[q for g in o.param_groups for q in g["params"]] for o in self.optimizers.values()]
         # the chain's density and the encoder's conditioning must not change with a train/eval
         # switch (random crops in training mode): everything stays in eval mode, gradients flow anyway
         policy.eval()
@@ -183,7 +183,7 @@ class Learner:
                 for optimizer in self.optimizers.values():
                     optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                for params in self.clipped_groups.values():
+                for params in self.clipped_groups:
                     torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
                 self.optimizers["critic"].step()
                 if not actor_frozen:
@@ -250,8 +250,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
     """Fine-tune `cfg.checkpoint` with PPO; returns the summary written to finetune.json."""
     if not cfg.checkpoint:
         raise ConfigError("finetune needs the policy to start from: --checkpoint RUN/checkpoints/last")
-    if cfg.validation_episodes and (cfg.validation_seed < cfg.eval.seed + cfg.eval.episodes
-                                    and cfg.eval.seed < cfg.validation_seed + cfg.validation_episodes):
+    if cfg.validation_episodes and seed_ranges_overlap(cfg.validation_seed, cfg.validation_episodes,
+                                                       cfg.eval.seed, cfg.eval.episodes):
         raise ConfigError(f"validation seeds {cfg.validation_seed}+{cfg.validation_episodes} overlap the evaluation "
                           f"seeds {cfg.eval.seed}+{cfg.eval.episodes}: choose the checkpoint on seeds it is not scored on")
     run_dir = Path(cfg.output_dir) / cfg.name
