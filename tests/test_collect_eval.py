@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,3 +169,17 @@ def test_evaluation_workers_exit_when_the_evaluation_is_killed(toy_checkpoint, t
         time.sleep(0.2)
         alive = [w for w in workers if running(w)]
     assert not alive, f"workers still running after the evaluation was killed: {alive}"
+
+
+@pytest.mark.slow
+def test_run_collects_camera_demonstrations_then_trains_in_one_process(tmp_path):
+    """`robopolicy run` renders camera demonstrations and then loads the trainer in the same process;
+    it used to die there with a segfault (Mesa's LLVM loaded before triton's: robopolicy/sim/headless.py)."""
+    r = subprocess.run([sys.executable, "-m", "robopolicy.cli", "run", "--config", "configs/tabletop_pick_nolanguage_flow.yaml",
+                        "name=cams", f"output_dir={tmp_path}", f"data.path={tmp_path / 'data'}", "collect.episodes=2",
+                        "collect.workers=1", "policy.denoiser.unet_dims=[16,32]", "train.steps=2", "train.batch_size=4",
+                        "train.save_every=2", "eval.episodes=1", "eval.workers=1", "eval.videos=0", "eval.max_steps=5"],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "cams" / "checkpoints" / "last").is_dir()
+    assert json.loads((tmp_path / "cams" / "eval" / "final" / "eval.json").read_text())["episodes"] == 1

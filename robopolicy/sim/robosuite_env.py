@@ -32,6 +32,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import gymnasium as gym  # noqa: E402
 
 from robopolicy.errors import EnvError  # noqa: E402
+from robopolicy.sim.headless import prepare_offscreen_rendering  # noqa: E402
 
 CAMERAS = {"agentview": "observation.images.agentview", "robot0_eye_in_hand": "observation.images.wrist"}
 STATE_NAMES = ["eef_x", "eef_y", "eef_z", "eef_qx", "eef_qy", "eef_qz", "eef_qw", "gripper_q0", "gripper_q1"]
@@ -102,6 +103,8 @@ class RobosuiteEnv(gym.Env):
         self.max_steps = max_steps or self.info.max_steps
         self.render_size = render_size
         self.render_mode = "rgb_array"
+        if images or render_size is not None:
+            prepare_offscreen_rendering()
         self.raw = robosuite.make(
             self.info.robosuite_name, robots="Panda",
             controller_configs=load_composite_controller_config(robot="Panda"),

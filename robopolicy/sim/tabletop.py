@@ -57,6 +57,7 @@ import gymnasium as gym  # noqa: E402
 import mujoco  # noqa: E402
 
 from robopolicy.errors import EnvError  # noqa: E402
+from robopolicy.sim.headless import prepare_offscreen_rendering  # noqa: E402
 
 SCENE_XML = Path(__file__).resolve().parents[2] / "envs" / "tabletop" / "scene.xml"
 
@@ -334,6 +335,7 @@ class TabletopEnv(gym.Env):
         if size not in self._renderers:
             vis = self.model.vis.global_
             vis.offwidth, vis.offheight = max(vis.offwidth, size), max(vis.offheight, size)
+            prepare_offscreen_rendering()
             self._renderers[size] = mujoco.Renderer(self.model, height=size, width=size)
         return self._renderers[size]
 
