@@ -18,8 +18,8 @@ _SOFTWARE_GL = ("egl", "osmesa")
 
 
 def prepare_offscreen_rendering() -> None:
-    """Call before creating an offscreen renderer: picks EGL unless MUJOCO_GL says otherwise and
-    loads triton first (once; a no-op where triton is not installed or GL is not EGL/OSMesa)."""
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    if os.environ["MUJOCO_GL"] in _SOFTWARE_GL and importlib.util.find_spec("triton") is not None:
+    """Call before creating an offscreen renderer: loads triton first (a no-op where triton is not
+    installed or MuJoCo does not render through EGL/OSMesa). MUJOCO_GL itself is set, where unset, by
+    the env modules at import, before mujoco reads it; setting it here would come too late."""
+    if os.environ.get("MUJOCO_GL", "egl") in _SOFTWARE_GL and importlib.util.find_spec("triton") is not None:
         import triton  # noqa: F401
