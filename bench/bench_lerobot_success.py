@@ -24,6 +24,7 @@ import json
 import multiprocessing as mp
 import os
 import queue
+import shlex
 import subprocess
 import sys
 import time
@@ -52,7 +53,7 @@ def train(args) -> None:
     run = command
     if args.resume and last.exists():
         run = [str(lerobot_train), f"--config_path={last}", "--resume=true"]
-    print(" ".join(run), flush=True)
+    print(shlex.join(run), flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     start = time.perf_counter()
     with subprocess.Popen(run, env=env) as proc:
@@ -69,8 +70,8 @@ def train(args) -> None:
     record = {"toolkit": "lerobot 0.4.4", "policy": args.policy, "dataset": str(Path(args.dataset)),
               "demos": info["total_episodes"], "demo_frames": info["total_frames"], "train_steps": args.steps,
               "batch_size": args.batch_size, "samples_seen": args.steps * args.batch_size,
-              "train_seconds": seconds, "lerobot_command": " ".join(command), "machine": machine(),
-              "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}
+              "train_seconds": seconds, "lerobot_command": shlex.join(command), "machine": machine(),
+              "command": shlex.join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}
     (out / "train_record.json").write_text(json.dumps(record, indent=1))
     print(f"trained in {seconds / 60:.1f} min; record: {out / 'train_record.json'}")
 
@@ -140,7 +141,7 @@ def evaluate(args) -> None:
               **{k: trained[k] for k in ("demos", "demo_frames", "train_steps", "batch_size", "samples_seen",
                                          "train_seconds", "dataset", "lerobot_command")},
               "trained_on": args.trained_on, "policy_config": config,
-              "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+              "command": shlex.join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
               "train_command": trained["command"], "per_episode": episodes}
     write_result(f"success_{args.name}.json", record)
     print(f"{args.name}: {successes}/{len(episodes)}")
