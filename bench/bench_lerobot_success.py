@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import machine, write_result
+from benchlib import command_line, machine, write_result
 
 DEFAULT_PYTHON = "/tmp/lerobot/bin/python"
 
@@ -71,7 +71,7 @@ def train(args) -> None:
               "demos": info["total_episodes"], "demo_frames": info["total_frames"], "train_steps": args.steps,
               "batch_size": args.batch_size, "samples_seen": args.steps * args.batch_size,
               "train_seconds": seconds, "lerobot_command": shlex.join(command), "machine": machine(),
-              "command": shlex.join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}
+              "command": command_line()}
     (out / "train_record.json").write_text(json.dumps(record, indent=1))
     print(f"trained in {seconds / 60:.1f} min; record: {out / 'train_record.json'}")
 
@@ -141,7 +141,7 @@ def evaluate(args) -> None:
               **{k: trained[k] for k in ("demos", "demo_frames", "train_steps", "batch_size", "samples_seen",
                                          "train_seconds", "dataset", "lerobot_command")},
               "trained_on": args.trained_on, "policy_config": config,
-              "command": shlex.join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+              "command": command_line(),
               "train_command": trained["command"], "per_episode": episodes}
     write_result(f"success_{args.name}.json", record)
     print(f"{args.name}: {successes}/{len(episodes)}")

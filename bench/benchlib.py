@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -24,6 +26,11 @@ def machine() -> str:
     except OSError:
         pass
     return f"{os.cpu_count()} cores, {cpu}, {platform.system()}"
+
+
+def command_line() -> str:
+    """This script's invocation, shell-quoted so that a recorded command can be pasted back as it is."""
+    return shlex.join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
