@@ -9,7 +9,8 @@ training samples (steps x batch), the same env, seeds and step limit — only th
       [--save-every 2500] [--resume] [--arg=--policy.down_dims=[32,64,128] ...]
   # 2. score its last checkpoint in robopolicy's env (robopolicy's episode runner, bench/lerobot_adapter.py)
   python bench/bench_lerobot_success.py evaluate --run runs/lerobot_square_diffusion \\
-      --env robosuite/NutAssemblySquare --seed 100000 --episodes 50 --name lerobot_square_lowdim_diffusion
+      --env robosuite/NutAssemblySquare --seed 100000 --episodes 50 --name lerobot_square_lowdim_diffusion \\
+      [--n-action-steps 4 | --temporal-ensemble-coeff 0.01]   # inference settings (choose on validation seeds)
 
 `--lerobot-python` (default /tmp/lerobot/bin/python) is the LeRobot environment that
 `../shared/tools/setup_lerobot_venv.sh` builds. Evaluation runs `--workers` processes, each with one
@@ -77,7 +78,7 @@ def train(args) -> None:
 
 
 def _episodes(checkpoint: str, python: str, env_name: str, seeds: list[int], max_steps: int | None,
-              results) -> None:
+              overrides: dict, results) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from lerobot_adapter import LeRobotExecutor
@@ -85,7 +86,7 @@ def _episodes(checkpoint: str, python: str, env_name: str, seeds: list[int], max
     from robopolicy.evaluate.rollout import run_episode
     from robopolicy.sim.registry import make_env
 
-    executor = LeRobotExecutor(checkpoint, python)
+    executor = LeRobotExecutor(checkpoint, python, overrides)
     cameras = [k for k in executor.input_features if k.startswith("observation.image")]
     kwargs = {"images": bool(cameras)}
     if cameras:
@@ -107,10 +108,15 @@ def evaluate(args) -> None:
     run = Path(args.run).resolve()
     checkpoint = run / "checkpoints" / "last" / "pretrained_model"
     seeds = [args.seed + i for i in range(args.episodes)]
+    overrides = {}
+    if args.n_action_steps is not None:
+        overrides["n_action_steps"] = args.n_action_steps
+    if args.temporal_ensemble_coeff is not None:  # ACT: a new chunk every step, averaged over time
+        overrides.update(n_action_steps=1, temporal_ensemble_coeff=args.temporal_ensemble_coeff)
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     workers = [ctx.Process(target=_episodes, args=(str(checkpoint), args.lerobot_python, args.env,
-                                                   seeds[w::args.workers], args.max_steps, results))
+                                                   seeds[w::args.workers], args.max_steps, overrides, results))
                for w in range(args.workers)]
     start = time.perf_counter()
     for p in workers:
@@ -140,7 +146,7 @@ def evaluate(args) -> None:
               "episodes_per_min": 60 * len(episodes) / wall, "eval_seconds": wall, "machine": machine(),
               **{k: trained[k] for k in ("demos", "demo_frames", "train_steps", "batch_size", "samples_seen",
                                          "train_seconds", "dataset", "lerobot_command")},
-              "trained_on": args.trained_on, "policy_config": config,
+              "trained_on": args.trained_on, "policy_config": config, "inference_overrides": overrides,
               "command": command_line(),
               "train_command": trained["command"], "per_episode": episodes}
     write_result(f"success_{args.name}.json", record)
@@ -169,6 +175,9 @@ def main() -> None:
     e.add_argument("--episodes", type=int, default=50)
     e.add_argument("--workers", type=int, default=2)
     e.add_argument("--max-steps", type=int, default=None)
+    e.add_argument("--n-action-steps", type=int, default=None, help="actions executed per chunk (default: as trained)")
+    e.add_argument("--temporal-ensemble-coeff", type=float, default=None,
+                   help="ACT: temporal ensembling with this coefficient (LeRobot's default 0.01), a chunk per step")
     e.add_argument("--name", required=True)
     e.add_argument("--trained-on", default="2-core CPU")
     args = parser.parse_args()

@@ -11,6 +11,7 @@ the same step limit, and only the policy differs.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -36,10 +37,13 @@ def unpack(packed: tuple) -> np.ndarray:
 class LeRobotExecutor:
     """One LeRobot policy in its own process, answering one step at a time."""
 
-    def __init__(self, checkpoint: str | Path, python: str | Path):
+    def __init__(self, checkpoint: str | Path, python: str | Path, overrides: dict | None = None):
+        """`overrides`: inference fields of the policy's config set before it is built
+        (e.g. n_action_steps, temporal_ensemble_coeff)."""
         ours, theirs = socket.socketpair()  # private to the two processes: no address, no key
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-        self._process = subprocess.Popen([str(python), str(WORKER), str(checkpoint), str(theirs.fileno())],
+        self._process = subprocess.Popen([str(python), str(WORKER), str(checkpoint), str(theirs.fileno()),
+                                          json.dumps(overrides or {})],
                                          env=env, pass_fds=[theirs.fileno()])
         theirs.close()
         self._connection = Connection(ours.detach())

@@ -3,11 +3,13 @@
 Runs in the LeRobot environment (it pins its own torch and numpy, so it cannot share a process with
 robopolicy):
 
-  /tmp/lerobot/bin/python bench/lerobot_policy_worker.py CHECKPOINT FD
+  /tmp/lerobot/bin/python bench/lerobot_policy_worker.py CHECKPOINT FD [OVERRIDES_JSON]
 
 CHECKPOINT is a `lerobot-train` output's `pretrained_model` folder (config, weights and the saved
-pre/post-processor pipelines). FD is the worker's end of a socket pair the adapter made and passed
-down; the worker answers requests on it until the adapter closes its end:
+pre/post-processor pipelines). OVERRIDES_JSON sets inference fields of the saved policy config before
+the policy is built, e.g. '{"n_action_steps": 1, "temporal_ensemble_coeff": 0.01}' (ACT's temporal
+ensembling). FD is the worker's end of a socket pair the adapter made and passed down; the worker
+answers requests on it until the adapter closes its end:
 
   ("reset",)            -> ("ok",)                 policy.reset(): clears LeRobot's observation/action queues
   ("act", observation)  -> ("action", array, new)  the action for this step; `new` is True when the
@@ -21,6 +23,7 @@ preprocessor (normalization), `select_action`, the saved postprocessor (unnormal
 
 from __future__ import annotations
 
+import json
 import sys
 from multiprocessing.connection import Connection
 
@@ -31,12 +34,16 @@ import torch
 from lerobot_adapter import pack, unpack
 
 
-def load(checkpoint: str):
+def load(checkpoint: str, overrides: dict):
     from lerobot.configs.policies import PreTrainedConfig
     from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 
     config = PreTrainedConfig.from_pretrained(checkpoint)
     config.device = "cpu"
+    for field, value in overrides.items():
+        if not hasattr(config, field):
+            raise SystemExit(f"{checkpoint}: the {config.type} config has no field {field!r}")
+        setattr(config, field, value)
     policy = get_policy_class(config.type).from_pretrained(checkpoint, config=config)
     policy.eval()
     pre, post = make_pre_post_processors(policy.config, pretrained_path=checkpoint,
@@ -66,8 +73,9 @@ def queued_actions(policy) -> int:
 
 def main() -> None:
     checkpoint, fd = sys.argv[1], int(sys.argv[2])
+    overrides = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     torch.set_num_threads(1)  # one episode per worker process, like robopolicy's evaluator
-    policy, pre, post = load(checkpoint)
+    policy, pre, post = load(checkpoint, overrides)
     connection = Connection(fd)
     connection.send(("ready", sorted(policy.config.input_features)))
     while True:
