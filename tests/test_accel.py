@@ -126,10 +126,12 @@ def test_cameras_conditioned_on_the_instruction_compile_for_cpu(dataset, vision_
     torch.manual_seed(0)
     cfg = small_config("flow", encoder={"language": True})
     cfg.encoder.vision.language_film = True
+    cfg.encoder.vision.keypoint_language_film = True  # the keypoints' projection FiLM-ed too
     tasks = ["put the red cube in the bowl", "put the blue cube in the bowl"]
     spec = dataclasses.replace(Policy.from_dataset(cfg, dataset).spec, tasks=tasks)
     policy = Policy(spec, dataset.stats).eval()
     torch.nn.init.normal_(policy.encoder.vision.camera_encoders()[0].film.map.weight, std=0.1)
+    torch.nn.init.normal_(policy.encoder.vision.camera_encoders()[0].project_film.weight, std=0.1)
     obs = observation(dataset, 100, 2)
     expected = {t: policy.predict_chunk({**obs, "task": t}, generator=torch.Generator().manual_seed(3)) for t in tasks}
     assert np.abs(expected[tasks[0]] - expected[tasks[1]]).max() > 1e-3

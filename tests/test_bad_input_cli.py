@@ -70,6 +70,8 @@ def _with(path, value):
     (_with("policy.encoder.state_keys", ["observation.nothing"]), ["observation.nothing"]),
     (_with("policy.encoder.vision.crop_ratio", 2), ["crop_ratio"]),
     (_with("policy.encoder.vision.language_film", True), ["language_film", "encoder.language"]),
+    (_with("policy.encoder.state_language_film", True), ["state_language_film", "encoder.language"]),
+    (_with("policy.encoder.vision.keypoint_language_film", True), ["keypoint_language_film", "vision.language_film"]),
     (_with("dagger.beta", 2), ["dagger.beta"]),
     (_with("train", "fast"), ["train", "mapping"]),
 ])

@@ -61,3 +61,53 @@ def test_instructions_are_centred_on_the_datasets_instructions(dataset):
     a = single(policy.normalizer.normalize_batch({**batch, "task": ["lift the red cube"]})).tokens[:, -1]
     b = single(policy.normalizer.normalize_batch({**batch, "task": ["something else"]})).tokens[:, -1]
     assert torch.equal(a, b)
+
+
+def test_state_conditioned_on_the_instruction_picks_the_named_coordinates(dataset):
+    """encoder.state_language_film: the instruction FiLMs the state MLP; it starts as the plain MLP, then
+    learns to read the coordinate the instruction names far faster than the plain MLP does."""
+    import dataclasses
+
+    from robopolicy.errors import ConfigError
+    from robopolicy.policy.config import EncoderConfig
+    from robopolicy.policy.encoders.observation import ObservationEncoder
+    from robopolicy.structs import from_dict
+
+    with pytest.raises(ConfigError, match="state_language_film .* needs encoder.language: true"):
+        from_dict(EncoderConfig, {"state_language_film": True}, "policy.encoder")
+    tasks = ["put the red cube in the bowl", "put the green cube in the bowl", "put the blue cube in the bowl"]
+
+    def encoder(film: bool) -> ObservationEncoder:
+        torch.manual_seed(0)
+        policy = Policy.from_dataset(small_config("flow", encoder={"language": True, "cameras": [],
+                                                                    "state_language_film": film}), dataset)
+        return ObservationEncoder(dataclasses.replace(policy.spec, tasks=tasks))
+
+    plain, film = encoder(False), encoder(True)
+    assert film.state_film is not None and plain.state_film is None
+    missing = film.load_state_dict(plain.state_dict(), strict=False).missing_keys  # the same weights but FiLM's
+    assert sorted(missing) == ["state_film.bias", "state_film.weight"]
+    dim = film.state[0].in_features - film.dim  # the state's width (the language token is concatenated)
+    assert dim >= 3
+    generator = torch.Generator().manual_seed(1)
+    state = torch.randn(96, 1, dim, generator=generator)
+    named = torch.arange(96) % 3
+    batch = {"observation.state": state.expand(-1, film.n_obs_steps, -1), "task": [tasks[i] for i in named]}
+    with torch.no_grad():  # zero-initialized: the two encoders start out the same
+        assert torch.allclose(plain(batch).tokens, film(batch).tokens)
+
+    def fitted_error(enc: ObservationEncoder) -> float:
+        """Train the encoder + a linear read-out to report state[named] (the coordinate the instruction names)."""
+        readout = torch.nn.Linear(enc.dim, 1)
+        optimizer = torch.optim.Adam([*enc.parameters(), *readout.parameters()], lr=3e-3)
+        target = state[torch.arange(96), 0, named]
+        for _ in range(150):
+            loss = (readout(enc(batch).tokens[:, 0]).squeeze(-1) - target).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return loss.item()
+
+    film_error, plain_error = fitted_error(film), fitted_error(plain)
+    assert film.state_film.weight.abs().sum() > 0  # the FiLM map trained
+    assert film_error < 0.5 * plain_error, (film_error, plain_error)

@@ -39,3 +39,34 @@ def test_cameras_conditioned_on_the_instruction_see_it(dataset):
     encoder.train()
     encoder({**batch, "task": tasks[:1]}).tokens.sum().backward()
     assert camera.film.map.weight.grad.abs().sum() > 0  # and it trains
+
+
+def test_keypoint_projection_conditioned_on_the_instruction(dataset):
+    """vision.keypoint_language_film: the instruction also FiLMs the keypoints' projection; it starts as
+    the plain projection, then what the camera token says depends on the instruction, and it trains."""
+    import dataclasses
+
+    from robopolicy.policy.encoders.observation import ObservationEncoder
+    from robopolicy.structs import from_dict
+
+    with pytest.raises(ConfigError, match="keypoint_language_film .* needs vision.language_film: true"):
+        from_dict(EncoderConfig, {"language": True, "vision": {"keypoint_language_film": True}}, "policy.encoder")
+    torch.manual_seed(0)
+    policy = Policy.from_dataset(small_config("flow", encoder={"language": True}), dataset)
+    policy.config.encoder.vision.language_film = True
+    policy.config.encoder.vision.keypoint_language_film = True
+    tasks = ["put the red cube in the bowl", "put the blue cube in the bowl"]
+    encoder = ObservationEncoder(dataclasses.replace(policy.spec, tasks=tasks)).eval()
+    camera = encoder.vision.camera_encoders()[0]
+    batch = policy.normalizer.normalize_batch(policy.observation_batch(observation(dataset, 100, 2)))
+
+    def camera_tokens(task):
+        with torch.no_grad():
+            return encoder({**batch, "task": [task]}).tokens[:, [0, 1, 3, 4]]
+
+    assert torch.equal(camera_tokens(tasks[0]), camera_tokens(tasks[1]))  # both maps start at zero
+    torch.nn.init.normal_(camera.project_film.weight, std=0.1)  # only the projection's FiLM
+    assert (camera_tokens(tasks[0]) - camera_tokens(tasks[1])).abs().max() > 1e-3
+    encoder.train()
+    encoder({**batch, "task": tasks[:1]}).tokens.sum().backward()
+    assert camera.project_film.weight.grad.abs().sum() > 0

@@ -30,8 +30,14 @@ class VisionConfig:
     # RT-1 conditions its image encoder on language): a keypoint can then follow "the named cube"
     # instead of every cube; needs encoder.language
     language_film: bool = False
+    # the instruction also scales and shifts the hidden units of the keypoints' projection (FiLM): the
+    # keypoints list every object the trunk sees, and this picks the named one's; needs language_film
+    keypoint_language_film: bool = False
 
     def __post_init__(self):
+        if self.keypoint_language_film and not self.language_film:
+            raise ValueError("vision.keypoint_language_film FiLMs the keypoints' projection by the instruction:"
+                             " it needs vision.language_film: true")
         if not 0.5 <= self.crop_ratio <= 1.0:
             raise ValueError(f"vision.crop_ratio must be in [0.5, 1], got {self.crop_ratio}")
         if self.num_keypoints < 1:
@@ -61,6 +67,9 @@ class EncoderConfig:
     cameras: list[str] | None = None  # None = every camera of the dataset; [] = low-dim only
     state_keys: list[str] = field(default_factory=lambda: ["observation.state"])
     language: bool = False  # encode the task string with the pretrained MiniLM (frozen)
+    # the instruction scales and shifts the state MLP's hidden units (FiLM): "the red cube's position"
+    # is a product of the instruction and the state, which a plain MLP forms only slowly; needs language
+    state_language_film: bool = False
     vision: VisionConfig = field(default_factory=VisionConfig)
     vlm: VLMConfig = field(default_factory=VLMConfig)
 
@@ -70,6 +79,11 @@ class EncoderConfig:
         if self.vision.language_film and self.type != "standard":
             raise ValueError("encoder.vision.language_film is for the standard encoder's CNN; a VLM reads the"
                              " instruction with the images already")
+        if self.state_language_film and self.type != "standard":
+            raise ValueError("encoder.state_language_film is for the standard encoder's state MLP")
+        if self.state_language_film and not self.language:
+            raise ValueError("encoder.state_language_film conditions the state MLP on the instruction:"
+                             " it needs encoder.language: true")
         if self.vision.language_film and not self.language:
             raise ValueError("encoder.vision.language_film conditions the cameras on the instruction:"
                              " it needs encoder.language: true")

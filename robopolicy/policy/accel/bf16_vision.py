@@ -25,6 +25,7 @@ import torch._inductor.config as inductor_config
 
 from robopolicy.errors import ConfigError
 from robopolicy.policy.accel.standin import StandIn
+from robopolicy.policy.encoders.film import film_mlp
 from robopolicy.policy.encoders.vision import CameraEncoder
 from robopolicy.system import cpu_supports_bf16
 
@@ -36,12 +37,13 @@ class _Bf16Camera(torch.nn.Module):
         super().__init__()
         self.trunk = copy.deepcopy(encoder.trunk).eval().to(dtype=torch.bfloat16, memory_format=torch.channels_last)
         self.film, self.pool, self.project = encoder.film, encoder.pool, encoder.project
+        self.project_film = encoder.project_film
 
     def forward(self, images: torch.Tensor, instruction: torch.Tensor | None = None) -> torch.Tensor:
         features = self.trunk(images.to(dtype=torch.bfloat16, memory_format=torch.channels_last)).float()
         if self.film is not None:
             features = self.film(features, instruction)
-        return self.project(self.pool(features))
+        return film_mlp(self.project, self.project_film, self.pool(features), instruction)
 
 
 class Bf16Trunk:

@@ -18,7 +18,11 @@ come from the instructions in the spec, so they are rebuilt, not stored, on load
 
 The language token also enters the state MLP; with `vision.language_film` the normalized
 instruction vector also conditions the camera encoders (robopolicy.policy.encoders.vision), where
-it selects what the keypoints look at.
+it selects what the keypoints look at. With `state_language_film` it also scales and shifts the state
+MLP's hidden units (FiLM, zero-initialized so training starts from the plain MLP): when the state
+lists several objects and only the instruction says which one matters, the MLP must pick that
+object's coordinates, a product of instruction and state; concatenating the instruction lets one
+hidden layer form it only approximately, FiLM forms it directly.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from torch import nn
 
 from robopolicy.policy.config import PolicySpec
 from robopolicy.policy.encoders.base import Conditioning, Encoder
+from robopolicy.policy.encoders.film import film_mlp, zero_film
 from robopolicy.policy.encoders.text import EMBED_DIM, TextEncoder
 from robopolicy.policy.encoders.vision import VisionEncoder
 
@@ -59,6 +64,7 @@ class ObservationEncoder(Encoder):
         state_in, hidden = (state_dim + enc.dim, 4 * enc.dim) if enc.language else (state_dim, enc.dim)
         self.state = (nn.Sequential(nn.Linear(state_in, hidden), nn.Mish(), nn.Linear(hidden, enc.dim))
                       if state_dim else None)
+        self.state_film = zero_film(EMBED_DIM, hidden) if enc.state_language_film and self.state is not None else None
         if self.text is not None:
             center, scale = self._instruction_statistics(list(spec.tasks))
             self.register_buffer("instruction_center", center, persistent=False)
@@ -84,7 +90,7 @@ class ObservationEncoder(Encoder):
     def forward(self, batch: dict) -> Conditioning:
         """`batch` holds normalized state (B, T, D) and images (B, T, 3, H, W) in [0, 1]."""
         parts = []
-        lang = None
+        lang = emb = None
         if self.text is not None:
             emb = self.text(list(batch["task"])).to(self.position.device)
             emb = (emb - self.instruction_center) * self.instruction_scale
@@ -96,7 +102,7 @@ class ObservationEncoder(Encoder):
             state = torch.cat([batch[k] for k in self.state_keys], dim=-1)
             if lang is not None:
                 state = torch.cat([state, lang.to(state.dtype).expand(-1, state.shape[1], -1)], dim=-1)
-            parts.append(self.state(state).unsqueeze(2))  # (B, T, 1, dim)
+            parts.append(film_mlp(self.state, self.state_film, state, emb).unsqueeze(2))  # (B, T, 1, dim)
         tokens = torch.cat(parts, dim=2).flatten(1, 2) if parts else None
         if lang is not None:
             tokens = lang if tokens is None else torch.cat([tokens, lang.to(tokens.dtype)], dim=1)

@@ -13,7 +13,10 @@ map of the channels, so "put the red cube ..." can turn up the channels that res
 a keypoint lands on the cube the instruction names; without it every keypoint is computed the
 same whatever is asked, and a policy must find the named object's position in a later layer from
 keypoints of all objects. The map starts at zero (scale 1, shift 0): at initialization the encoder
-is the unconditioned one. The map reads the sentence vector as the observation encoder normalizes
+is the unconditioned one. With `keypoint_language_film` the instruction also FiLMs the hidden units of
+the projection from keypoints to token: keypoints list where every object is, and this lets the
+projection pass on the named object's (as `encoder.state_language_film` does for a low-dim state that
+lists several objects). The map reads the sentence vector as the observation encoder normalizes
 it (unit RMS per coordinate), not the policy's learned language token: before a policy can use
 the instruction, training treats it as noise and shrinks that token's projection (~19x in 2500
 steps on the image tabletop task), and a FiLM fed from it then gets almost no signal to learn from.
@@ -31,6 +34,7 @@ from torch import nn
 
 from robopolicy.errors import CheckpointError
 from robopolicy.policy.config import VisionConfig
+from robopolicy.policy.encoders.film import film_mlp, zero_film
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -125,6 +129,7 @@ class CameraEncoder(nn.Module):
         self.film = LanguageFiLM(instruction_dim, channels) if cfg.language_film else None
         self.pool = SpatialSoftmax(channels, cfg.num_keypoints)
         self.project = nn.Sequential(nn.Linear(2 * cfg.num_keypoints, dim), nn.Mish(), nn.Linear(dim, dim))
+        self.project_film = zero_film(instruction_dim, dim) if cfg.keypoint_language_film else None
 
     def forward(self, images: torch.Tensor, instruction: torch.Tensor | None = None) -> torch.Tensor:
         return self.summarize(self.trunk(images), instruction)
@@ -136,7 +141,7 @@ class CameraEncoder(nn.Module):
                 raise ValueError("this camera encoder is conditioned on the instruction (vision.language_film):"
                                  " give it the instruction vector")
             features = self.film(features, instruction)
-        return self.project(self.pool(features))
+        return film_mlp(self.project, self.project_film, self.pool(features), instruction)
 
 
 class VisionEncoder(nn.Module):
