@@ -175,8 +175,9 @@ def main() -> None:
     e.add_argument("--episodes", type=int, default=50)
     e.add_argument("--workers", type=int, default=2)
     e.add_argument("--max-steps", type=int, default=None)
-    e.add_argument("--n-action-steps", type=int, default=None, help="actions executed per chunk (default: as trained)")
-    e.add_argument("--temporal-ensemble-coeff", type=float, default=None,
+    inference = e.add_mutually_exclusive_group()
+    inference.add_argument("--n-action-steps", type=int, default=None, help="actions executed per chunk (default: as trained)")
+    inference.add_argument("--temporal-ensemble-coeff", type=float, default=None,
                    help="ACT: temporal ensembling with this coefficient (LeRobot's default 0.01), a chunk per step")
     e.add_argument("--name", required=True)
     e.add_argument("--trained-on", default="2-core CPU")

@@ -21,13 +21,19 @@ def zero_film(instruction_dim: int, hidden: int) -> nn.Linear:
     return film
 
 
+def modulate(x: torch.Tensor, film: nn.Linear, instruction: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """x * (1 + scale) + shift, with (scale, shift) = film(instruction) (N, 2C) laid along x's `channel_dim`
+    (of size C) and shared by every other position of x's sample."""
+    scale, shift = film(instruction).to(x.dtype).chunk(2, dim=-1)
+    shape = [1] * x.dim()
+    shape[0], shape[channel_dim] = scale.shape
+    return x * (1 + scale.view(shape)) + shift.view(shape)
+
+
 def film_mlp(mlp: nn.Sequential, film: nn.Linear | None, x: torch.Tensor,
              instruction: torch.Tensor | None) -> torch.Tensor:
     """`mlp` = (linear, activation, linear) on x (N, ..., D); with `film`, its hidden units are scaled and
     shifted by the instruction (N, instruction_dim), the same for every position of x's middle axes."""
     if film is None:
         return mlp(x)
-    hidden = mlp[0](x)
-    scale, shift = film(instruction).to(hidden.dtype).chunk(2, dim=-1)
-    shape = (scale.shape[0],) + (1,) * (hidden.dim() - 2) + (scale.shape[-1],)
-    return mlp[2](mlp[1](hidden * (1 + scale.view(shape)) + shift.view(shape)))
+    return mlp[2](mlp[1](modulate(mlp[0](x), film, instruction, channel_dim=-1)))

@@ -34,7 +34,7 @@ from torch import nn
 
 from robopolicy.errors import CheckpointError
 from robopolicy.policy.config import VisionConfig
-from robopolicy.policy.encoders.film import film_mlp, zero_film
+from robopolicy.policy.encoders.film import film_mlp, modulate, zero_film
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -108,13 +108,10 @@ class LanguageFiLM(nn.Module):
 
     def __init__(self, instruction_dim: int, channels: int):
         super().__init__()
-        self.map = nn.Linear(instruction_dim, 2 * channels)
-        nn.init.zeros_(self.map.weight)
-        nn.init.zeros_(self.map.bias)
+        self.map = zero_film(instruction_dim, channels)
 
     def forward(self, features: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.map(instruction).to(features.dtype)[:, :, None, None].chunk(2, dim=1)
-        return features * (1 + scale) + shift
+        return modulate(features, self.map, instruction, channel_dim=1)
 
 
 class CameraEncoder(nn.Module):
