@@ -68,6 +68,7 @@ def _with(path, value):
     (_with("policy.action_offset", 3), ["action_offset"]),
     (_with("policy.encoder.dim", 2), ["encoder.dim"]),
     (_with("policy.encoder.state_keys", ["observation.nothing"]), ["observation.nothing"]),
+    (_with("policy.encoder.auxiliary_state_keys", ["observation.nothing"]), ["observation.nothing"]),
     (_with("policy.encoder.vision.crop_ratio", 2), ["crop_ratio"]),
     (_with("policy.encoder.vision.language_film", True), ["language_film", "encoder.language"]),
     (_with("policy.encoder.state_language_film", True), ["state_language_film", "encoder.language"]),

@@ -70,3 +70,55 @@ def test_keypoint_projection_conditioned_on_the_instruction(dataset):
     encoder.train()
     encoder({**batch, "task": tasks[:1]}).tokens.sum().backward()
     assert camera.project_film.weight.grad.abs().sum() > 0
+
+
+def test_cameras_learn_to_predict_auxiliary_state_the_policy_never_reads(dataset, tmp_path):
+    """encoder.auxiliary_state_keys: training batches carry the targets, the loss adds their regression
+    from the camera tokens (which reaches the trunk and learns), and the saved policy acts from cameras
+    and state alone."""
+    from robopolicy.data.windows import WindowedDataset, WindowSpec
+    from robopolicy.structs import from_dict
+
+    with pytest.raises(ConfigError, match="also inputs"):
+        from_dict(EncoderConfig, {"state_keys": ["observation.state"],
+                                  "auxiliary_state_keys": ["observation.state"]}, "policy.encoder")
+    with pytest.raises(ConfigError, match="auxiliary_weight"):
+        from_dict(EncoderConfig, {"auxiliary_state_keys": ["observation.environment_state"],
+                                  "auxiliary_weight": -1}, "policy.encoder")
+    torch.manual_seed(0)
+    target = "observation.environment_state"
+    policy = Policy.from_dataset(small_config("flow", encoder={"auxiliary_state_keys": [target]}), dataset)
+    assert target not in policy.observation_keys and target in policy.training_keys
+    pc = policy.config
+    spec = WindowSpec(n_obs_steps=pc.n_obs_steps, horizon=pc.horizon, action_offset=pc.first_action_offset)
+    windows = WindowedDataset(dataset, spec.deltas(policy.training_keys))
+    batch = windows.get_batch(list(range(0, 64, 4)))
+    assert batch[target].shape == (16, pc.n_obs_steps, 10)
+
+    losses = policy(batch)
+    assert losses["auxiliary"] > 0
+    torch.manual_seed(1)
+    plain = policy({k: v for k, v in batch.items() if k != target})  # scoring without targets: the head's loss
+    assert "auxiliary" not in plain
+    policy.config.encoder.auxiliary_weight = 0.0
+    torch.manual_seed(1)
+    assert torch.allclose(policy(batch)["loss"], plain["loss"])
+    policy.config.encoder.auxiliary_weight = 1.0
+
+    trunk = policy.encoder.vision.camera_encoders()[0].trunk[0].weight
+    optimizer = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    first = float(policy(batch)["auxiliary"])
+    for _ in range(40):
+        optimizer.zero_grad()
+        normalized = policy.normalizer.normalize_batch(batch)
+        policy.encoder.auxiliary_loss(policy.encoder(normalized), normalized).backward()
+        assert trunk.grad.abs().sum() > 0  # the cameras, not only the read-out, learn where things are
+        optimizer.step()
+    assert float(policy(batch)["auxiliary"]) < 0.5 * first
+
+    policy.eval()
+    policy.save(tmp_path / "ckpt")
+    loaded = Policy.load(tmp_path / "ckpt")
+    assert loaded.spec.keys("auxiliary") == [target]
+    chunk = loaded.predict_chunk(observation(dataset, 100, pc.n_obs_steps))  # no target given
+    assert chunk.shape[1] == 7 and torch.isfinite(torch.as_tensor(chunk)).all()

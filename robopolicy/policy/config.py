@@ -70,6 +70,12 @@ class EncoderConfig:
     # the instruction scales and shifts the state MLP's hidden units (FiLM): "the red cube's position"
     # is a product of the instruction and the state, which a plain MLP forms only slowly; needs language
     state_language_film: bool = False
+    # training-only targets: the camera tokens must also predict these dataset features (normalized),
+    # e.g. the objects' positions in observation.environment_state — an auxiliary regression loss,
+    # weighted by auxiliary_weight, that teaches the cameras where things are. The policy never reads
+    # them: evaluation and deployment need the cameras and state_keys only.
+    auxiliary_state_keys: list[str] = field(default_factory=list)
+    auxiliary_weight: float = 1.0
     vision: VisionConfig = field(default_factory=VisionConfig)
     vlm: VLMConfig = field(default_factory=VLMConfig)
 
@@ -87,6 +93,14 @@ class EncoderConfig:
         if self.vision.language_film and not self.language:
             raise ValueError("encoder.vision.language_film conditions the cameras on the instruction:"
                              " it needs encoder.language: true")
+        if self.auxiliary_state_keys and self.type != "standard":
+            raise ValueError("encoder.auxiliary_state_keys are predicted from the standard encoder's camera tokens")
+        shared = sorted(set(self.auxiliary_state_keys) & set(self.state_keys))
+        if shared:
+            raise ValueError(f"encoder.auxiliary_state_keys {shared} are also inputs (state_keys): a target the"
+                             " policy reads teaches nothing")
+        if not self.auxiliary_weight >= 0:
+            raise ValueError(f"encoder.auxiliary_weight must be >= 0, got {self.auxiliary_weight}")
 
 
 @dataclass
@@ -201,7 +215,7 @@ class FeatureSpec:
 
     key: str
     shape: list[int]
-    kind: Literal["state", "camera", "action"]
+    kind: Literal["state", "camera", "action", "auxiliary"]  # auxiliary: a training-only target
 
 
 @dataclass

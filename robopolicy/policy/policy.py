@@ -48,7 +48,7 @@ class Policy(nn.Module):
         super().__init__()
         self.spec = spec
         cfg = spec.config
-        modes = {k: cfg.state_norm for k in spec.keys("state")}
+        modes = {k: cfg.state_norm for k in spec.keys("state") + spec.keys("auxiliary")}
         modes["action"] = cfg.action_normalization
         check_quaternions(spec)
         dims = {k: spec.input_dim(k) if k != "action" else spec.action_dim for k in modes}
@@ -67,12 +67,13 @@ class Policy(nn.Module):
         """Feature shapes, fps, tasks and normalization statistics come from a LeRobotDataset."""
         enc = config.encoder
         cameras = dataset.camera_keys if enc.cameras is None else list(enc.cameras)
-        for key in [*cameras, *enc.state_keys, "action"]:
+        for key in [*cameras, *enc.state_keys, *enc.auxiliary_state_keys, "action"]:
             if key not in dataset.features:
                 raise ConfigError(f"feature {key!r} is not in dataset {dataset.root};"
                                   f" it has {sorted(k for k in dataset.features)}")
         features = [FeatureSpec(k, list(dataset.features[k]["shape"]), "state") for k in enc.state_keys]
         features += [FeatureSpec(k, list(dataset.features[k]["shape"]), "camera") for k in cameras]
+        features += [FeatureSpec(k, list(dataset.features[k]["shape"]), "auxiliary") for k in enc.auxiliary_state_keys]
         features.append(FeatureSpec("action", list(dataset.features["action"]["shape"]), "action"))
         spec = PolicySpec(config=config, features=features, fps=dataset.fps, tasks=list(dataset.tasks),
                           robot_type=dataset.info.get("robot_type"))
@@ -98,6 +99,11 @@ class Policy(nn.Module):
         return self.spec.keys("state") + self.spec.keys("camera")
 
     @property
+    def training_keys(self) -> list[str]:
+        """What a training batch holds per observation step: the observations and any auxiliary targets."""
+        return self.observation_keys + self.spec.keys("auxiliary")
+
+    @property
     def supports_prefix(self) -> bool:
         """Whether chunks can be made to continue committed actions (real-time chunking)."""
         return self.head.supports_prefix
@@ -111,7 +117,12 @@ class Policy(nn.Module):
     def forward(self, batch: Mapping[str, Any]) -> dict:
         normalized = self.normalizer.normalize_batch(rewrite_batch(batch, self.config.quaternions))
         cond = self.encoder(normalized)
-        return self.head.loss(cond, normalized["action"], batch.get("action_is_pad"))
+        losses = self.head.loss(cond, normalized["action"], batch.get("action_is_pad"))
+        auxiliary = self.encoder.auxiliary_loss(cond, normalized)
+        if auxiliary is not None:
+            losses["auxiliary"] = auxiliary.detach()
+            losses["loss"] = losses["loss"] + self.config.encoder.auxiliary_weight * auxiliary
+        return losses
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

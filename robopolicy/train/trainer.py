@@ -138,7 +138,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
 def build_loader(policy: Policy, dataset: LeRobotDataset, cfg, dist_info, prefetch: int = 0) -> BatchLoader:
     pc = policy.config
     spec = WindowSpec(n_obs_steps=pc.n_obs_steps, horizon=pc.horizon, action_offset=pc.first_action_offset)
-    windows = WindowedDataset(dataset, spec.deltas(policy.observation_keys), episodes=cfg.data.episodes)
+    windows = WindowedDataset(dataset, spec.deltas(policy.training_keys), episodes=cfg.data.episodes)
     return BatchLoader(windows, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
                        rank=dist_info.rank, world_size=dist_info.world_size, prefetch=prefetch)
 

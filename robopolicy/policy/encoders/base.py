@@ -49,6 +49,8 @@ class Encoder(nn.Module):
                           large, rarely launch-bound and captures poorly)
       bind_dataset(ds)    called once with the training dataset (the VLM encoder names its
                           feature cache after it)
+      auxiliary_loss(cond, batch)
+                          a training-only loss beside the head's (None: there is none)
     """
 
     graph_capturable: bool = True
@@ -59,3 +61,6 @@ class Encoder(nn.Module):
 
     def bind_dataset(self, dataset) -> None:
         pass
+
+    def auxiliary_loss(self, cond: Conditioning, batch: dict) -> torch.Tensor | None:
+        return None

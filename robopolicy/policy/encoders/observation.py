@@ -23,6 +23,12 @@ MLP's hidden units (FiLM, zero-initialized so training starts from the plain MLP
 lists several objects and only the instruction says which one matters, the MLP must pick that
 object's coordinates, a product of instruction and state; concatenating the instruction lets one
 hidden layer form it only approximately, FiLM forms it directly.
+
+With `auxiliary_state_keys` the camera tokens of each observation step must also predict those
+features (a linear read-out, normalized targets, mean squared error added to the head's loss). A
+policy from cameras learns where the objects are only through the action loss, a weak and noisy
+signal for it; simulated demonstrations record the objects' positions, and regressing them is the
+direct one. The targets are training-only: the read-out is never used at inference.
 """
 
 from __future__ import annotations
@@ -56,6 +62,14 @@ class ObservationEncoder(Encoder):
             self.vision = VisionEncoder(enc.vision, self.camera_keys, (h, w), enc.dim,
                                         instruction_dim=EMBED_DIM if enc.language else 0)
         self.vision_language_film = self.vision is not None and enc.vision.language_film
+        self.auxiliary_keys = spec.keys("auxiliary")
+        self.auxiliary_readout = None
+        if self.auxiliary_keys:
+            if self.vision is None:
+                raise ValueError("encoder.auxiliary_state_keys are predicted from the camera tokens: the policy has"
+                                 " no cameras")
+            self.auxiliary_readout = nn.Linear(len(self.camera_keys) * enc.dim,
+                                               sum(spec.input_dim(k) for k in self.auxiliary_keys))
         state_dim = sum(spec.input_dim(k) for k in self.state_keys)
         self.text = TextEncoder() if enc.language else None
         self.language = nn.Linear(EMBED_DIM, enc.dim) if enc.language else None
@@ -108,3 +122,18 @@ class ObservationEncoder(Encoder):
             tokens = lang if tokens is None else torch.cat([tokens, lang.to(tokens.dtype)], dim=1)
         tokens = tokens + self.position.to(tokens.dtype)
         return Conditioning(tokens=tokens, pooled=tokens.flatten(1))
+
+    def auxiliary_loss(self, cond: Conditioning, batch: dict) -> torch.Tensor | None:
+        """Mean squared error of the camera tokens' read-out of the (normalized) auxiliary targets.
+
+        None without targets, or when the batch lacks them (scoring a policy on observations and
+        actions alone).
+        """
+        if self.auxiliary_readout is None or any(k not in batch for k in self.auxiliary_keys):
+            return None
+        per_step = len(self.camera_keys) + (1 if self.state is not None else 0)
+        b = cond.tokens.shape[0]
+        steps = cond.tokens[:, :per_step * self.n_obs_steps].reshape(b, self.n_obs_steps, per_step, self.dim)
+        predicted = self.auxiliary_readout(steps[:, :, :len(self.camera_keys)].flatten(2).float())
+        target = torch.cat([batch[k] for k in self.auxiliary_keys], dim=-1).to(predicted.dtype)
+        return (predicted - target).pow(2).mean()
