@@ -85,8 +85,10 @@ def test_cameras_learn_to_predict_auxiliary_state_the_policy_never_reads(dataset
     with pytest.raises(ConfigError, match="auxiliary_weight"):
         from_dict(EncoderConfig, {"auxiliary_state_keys": ["observation.environment_state"],
                                   "auxiliary_weight": -1}, "policy.encoder")
-    torch.manual_seed(0)
     target = "observation.environment_state"
+    with pytest.raises(ConfigError, match="reads no cameras"):
+        Policy.from_dataset(small_config("flow", encoder={"cameras": [], "auxiliary_state_keys": [target]}), dataset)
+    torch.manual_seed(0)
     policy = Policy.from_dataset(small_config("flow", encoder={"auxiliary_state_keys": [target]}), dataset)
     assert target not in policy.observation_keys and target in policy.training_keys
     pc = policy.config

@@ -71,6 +71,9 @@ class Policy(nn.Module):
             if key not in dataset.features:
                 raise ConfigError(f"feature {key!r} is not in dataset {dataset.root};"
                                   f" it has {sorted(k for k in dataset.features)}")
+        if enc.auxiliary_state_keys and not cameras:
+            raise ConfigError("policy.encoder.auxiliary_state_keys are predicted from the camera tokens, and the"
+                              " policy reads no cameras")
         features = [FeatureSpec(k, list(dataset.features[k]["shape"]), "state") for k in enc.state_keys]
         features += [FeatureSpec(k, list(dataset.features[k]["shape"]), "camera") for k in cameras]
         features += [FeatureSpec(k, list(dataset.features[k]["shape"]), "auxiliary") for k in enc.auxiliary_state_keys]
