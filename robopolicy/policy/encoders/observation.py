@@ -83,7 +83,7 @@ class ObservationEncoder(Encoder):
             center, scale = self._instruction_statistics(list(spec.tasks))
             self.register_buffer("instruction_center", center, persistent=False)
             self.register_buffer("instruction_scale", scale, persistent=False)
-        per_step = len(self.camera_keys) + (1 if self.state is not None else 0)
+        self.tokens_per_step = per_step = len(self.camera_keys) + (1 if self.state is not None else 0)
         if per_step == 0 and self.text is None:
             raise ValueError("the encoder has no inputs: give it cameras, state keys or language")
         self.num_tokens = per_step * self.n_obs_steps + (1 if self.text is not None else 0)
@@ -131,8 +131,7 @@ class ObservationEncoder(Encoder):
         """
         if self.auxiliary_readout is None or any(k not in batch for k in self.auxiliary_keys):
             return None
-        per_step = len(self.camera_keys) + (1 if self.state is not None else 0)
-        b = cond.tokens.shape[0]
+        per_step, b = self.tokens_per_step, cond.tokens.shape[0]
         steps = cond.tokens[:, :per_step * self.n_obs_steps].reshape(b, self.n_obs_steps, per_step, self.dim)
         predicted = self.auxiliary_readout(steps[:, :, :len(self.camera_keys)].flatten(2).float())
         target = torch.cat([batch[k] for k in self.auxiliary_keys], dim=-1).to(predicted.dtype)
