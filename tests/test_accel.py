@@ -19,6 +19,8 @@ def test_compiling_for_cpu_runs_onnx_runtime_and_keeps_the_chunks(dataset, tmp_p
     torch.manual_seed(0)
     cfg = small_config(head)
     cfg.encoder.vision.shared = head != "diffusion"  # one trunk per camera, for one of them
+    if head == "act":  # ACT's own tokenization: one token per cell of the feature map
+        cfg.encoder.vision.tokens, cfg.encoder.vision.feature_grid = "feature_map", 2
     policy = Policy.from_dataset(cfg, dataset).eval()
     obs = observation(dataset, 100, 2)
     committed = np.zeros((3, 7), np.float32)

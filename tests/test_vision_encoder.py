@@ -1,5 +1,6 @@
 """Camera encoders: the backbones a config can name, and FiLM conditioning on the instruction."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,3 +125,53 @@ def test_cameras_learn_to_predict_auxiliary_state_the_policy_never_reads(dataset
     assert loaded.spec.keys("auxiliary") == [target]
     chunk = loaded.predict_chunk(observation(dataset, 100, pc.n_obs_steps))  # no target given
     assert chunk.shape[1] == 7 and torch.isfinite(torch.as_tensor(chunk)).all()
+
+
+def test_feature_map_tokens_one_per_cell_each_from_its_own_cell(dataset, tmp_path):
+    """vision.tokens: feature_map gives each camera feature_grid**2 tokens, a token reads only its
+    own cell of the trunk's map, and an ACT policy built on them trains, saves and acts."""
+    from robopolicy.policy.encoders.vision import FeatureMapTokens
+    from robopolicy.structs import from_dict
+
+    with pytest.raises(ConfigError, match="keypoint_language_film .* needs vision.tokens: keypoints"):
+        from_dict(EncoderConfig, {"language": True, "vision": {"tokens": "feature_map", "language_film": True,
+                                                                "keypoint_language_film": True}}, "policy.encoder")
+    with pytest.raises(ConfigError, match="feature_grid"):
+        from_dict(EncoderConfig, {"vision": {"tokens": "feature_map", "feature_grid": 0}}, "policy.encoder")
+
+    torch.manual_seed(0)
+    cells = FeatureMapTokens(in_channels=4, grid=2, dim=8)
+    features = torch.randn(1, 4, 6, 6)
+    changed = features.clone()
+    changed[:, :, 3:, 3:] += 5.0  # only the bottom-right quarter of the map
+    before, after = cells(features), cells(changed)
+    assert before.shape == (1, 4, 8)
+    assert torch.equal(before[:, :3], after[:, :3])  # cells are row-major: top-left, top-right, bottom-left
+    assert (before[:, 3] - after[:, 3]).abs().max() > 1e-2
+
+    torch.manual_seed(0)
+    cfg = small_config("act", encoder={"auxiliary_state_keys": ["observation.environment_state"]})
+    cfg.encoder.vision.tokens, cfg.encoder.vision.feature_grid = "feature_map", 3
+    policy = Policy.from_dataset(cfg, dataset)
+    encoder = policy.encoder
+    assert encoder.tokens_per_step == 2 * 9 + 1  # 2 cameras of 9 cells, then the state
+    from robopolicy.data.windows import WindowedDataset, WindowSpec
+
+    pc = policy.config
+    spec = WindowSpec(n_obs_steps=pc.n_obs_steps, horizon=pc.horizon, action_offset=pc.first_action_offset)
+    batch = WindowedDataset(dataset, spec.deltas(policy.training_keys)).get_batch(list(range(0, 64, 4)))
+    cond = encoder(policy.normalizer.normalize_batch(batch))
+    assert cond.tokens.shape == (16, encoder.num_tokens, pc.encoder.dim)
+    assert encoder.num_tokens == (2 * 9 + 1) * pc.n_obs_steps
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    first = float(policy(batch)["loss"].detach())
+    for _ in range(30):
+        optimizer.zero_grad()
+        policy(batch)["loss"].backward()
+        optimizer.step()
+    assert float(policy(batch)["loss"].detach()) < 0.7 * first  # the head and the auxiliary read-out learn from the cells
+    policy.eval()
+    obs = observation(dataset, 100, pc.n_obs_steps)
+    chunk = policy.predict_chunk(obs)
+    policy.save(tmp_path / "ckpt")
+    np.testing.assert_allclose(Policy.load(tmp_path / "ckpt").predict_chunk(obs), chunk, atol=1e-6)

@@ -15,15 +15,20 @@ HEADS = ("diffusion", "flow", "act")
 
 @dataclass
 class VisionConfig:
-    """Camera encoder: a CNN trunk followed by spatial-softmax keypoints, one token per image.
+    """Camera encoder: a CNN trunk, then what the policy reads of its feature map.
 
     backbone "resnet18" is torchvision's ResNet-18 with BatchNorm replaced by GroupNorm (trained
     from scratch, the diffusion-policy recipe); "small_cnn" is a 4-layer GroupNorm CNN for CPUs.
+    tokens "keypoints" summarizes each image as one token of spatial-softmax keypoints (diffusion
+    policy); "feature_map" keeps the map itself, average-pooled to feature_grid x feature_grid cells,
+    one token per cell (ACT's tokenization of its backbone's last feature map).
     """
 
     backbone: Literal["resnet18", "small_cnn"] = "resnet18"
     shared: bool = True  # one trunk for all cameras (else one per camera)
     num_keypoints: int = 32
+    tokens: Literal["keypoints", "feature_map"] = "keypoints"
+    feature_grid: int = 3  # cells per side of the pooled feature map (tokens: feature_map)
     crop_ratio: float = 0.9  # random crop of this fraction of H and W in training, center crop at inference
     pretrained_path: str | None = None  # optional local torchvision-format weights for resnet18
     # the instruction scales and shifts the trunk's feature channels before the keypoints (FiLM, as
@@ -42,6 +47,11 @@ class VisionConfig:
             raise ValueError(f"vision.crop_ratio must be in [0.5, 1], got {self.crop_ratio}")
         if self.num_keypoints < 1:
             raise ValueError("vision.num_keypoints must be >= 1")
+        if self.feature_grid < 1:
+            raise ValueError("vision.feature_grid must be >= 1")
+        if self.keypoint_language_film and self.tokens != "keypoints":
+            raise ValueError("vision.keypoint_language_film FiLMs the keypoints' projection: it needs"
+                             " vision.tokens: keypoints")
 
 
 @dataclass

@@ -25,25 +25,23 @@ import torch._inductor.config as inductor_config
 
 from robopolicy.errors import ConfigError
 from robopolicy.policy.accel.standin import StandIn
-from robopolicy.policy.encoders.film import film_mlp
 from robopolicy.policy.encoders.vision import CameraEncoder
 from robopolicy.system import cpu_supports_bf16
 
 
 class _Bf16Camera(torch.nn.Module):
-    """The compiled graph: images -> bf16 trunk -> fp32 keypoints and projection, one inductor graph."""
+    """The compiled graph: images -> bf16 trunk -> the encoder's fp32 summary (keypoints and projection,
+    or feature-map cells), one inductor graph."""
 
     def __init__(self, encoder: CameraEncoder):
         super().__init__()
         self.trunk = copy.deepcopy(encoder.trunk).eval().to(dtype=torch.bfloat16, memory_format=torch.channels_last)
-        self.film, self.pool, self.project = encoder.film, encoder.pool, encoder.project
-        self.project_film = encoder.project_film
+        for name in ("film", "cells", "pool", "project", "project_film"):  # what `summarize` reads
+            setattr(self, name, getattr(encoder, name, None))
 
     def forward(self, images: torch.Tensor, instruction: torch.Tensor | None = None) -> torch.Tensor:
         features = self.trunk(images.to(dtype=torch.bfloat16, memory_format=torch.channels_last)).float()
-        if self.film is not None:
-            features = self.film(features, instruction)
-        return film_mlp(self.project, self.project_film, self.pool(features), instruction)
+        return CameraEncoder.summarize(self, features, instruction)
 
 
 class Bf16Trunk:

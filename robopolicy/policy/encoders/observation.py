@@ -1,6 +1,7 @@
 """The standard observation encoder: cameras + proprioception (+ task string) -> Conditioning.
 
-Token layout, for each observation step t (oldest first): one token per camera, then one token
+Token layout, for each observation step t (oldest first): each camera's tokens (one, or one per
+feature-map cell with `vision.tokens: feature_map`), then one token
 for the concatenated low-dim state; then, once, a language token. A learned embedding per token
 position tells attention-based heads which token is which. `pooled` is all tokens flattened — the
 global conditioning vector diffusion_policy feeds to its U-Net.
@@ -62,13 +63,14 @@ class ObservationEncoder(Encoder):
             self.vision = VisionEncoder(enc.vision, self.camera_keys, (h, w), enc.dim,
                                         instruction_dim=EMBED_DIM if enc.language else 0)
         self.vision_language_film = self.vision is not None and enc.vision.language_film
+        self.camera_tokens = 0 if self.vision is None else len(self.camera_keys) * self.vision.tokens_per_image
         self.auxiliary_keys = spec.keys("auxiliary")
         self.auxiliary_readout = None
         if self.auxiliary_keys:
             if self.vision is None:
                 raise ValueError("encoder.auxiliary_state_keys are predicted from the camera tokens: the policy has"
                                  " no cameras")
-            self.auxiliary_readout = nn.Linear(len(self.camera_keys) * enc.dim,
+            self.auxiliary_readout = nn.Linear(self.camera_tokens * enc.dim,
                                                sum(spec.input_dim(k) for k in self.auxiliary_keys))
         state_dim = sum(spec.input_dim(k) for k in self.state_keys)
         self.text = TextEncoder() if enc.language else None
@@ -83,7 +85,7 @@ class ObservationEncoder(Encoder):
             center, scale = self._instruction_statistics(list(spec.tasks))
             self.register_buffer("instruction_center", center, persistent=False)
             self.register_buffer("instruction_scale", scale, persistent=False)
-        self.tokens_per_step = per_step = len(self.camera_keys) + (1 if self.state is not None else 0)
+        self.tokens_per_step = per_step = self.camera_tokens + (1 if self.state is not None else 0)
         if per_step == 0 and self.text is None:
             raise ValueError("the encoder has no inputs: give it cameras, state keys or language")
         self.num_tokens = per_step * self.n_obs_steps + (1 if self.text is not None else 0)
@@ -110,7 +112,7 @@ class ObservationEncoder(Encoder):
             emb = (emb - self.instruction_center) * self.instruction_scale
             lang = self.language(emb).unsqueeze(1)  # (B, 1, dim)
         if self.vision is not None:
-            parts.append(self.vision({k: batch[k] for k in self.camera_keys},  # (B, T, n_cams, dim)
+            parts.append(self.vision({k: batch[k] for k in self.camera_keys},  # (B, T, camera_tokens, dim)
                                      emb if self.vision_language_film else None))
         if self.state is not None:
             state = torch.cat([batch[k] for k in self.state_keys], dim=-1)
@@ -133,6 +135,6 @@ class ObservationEncoder(Encoder):
             return None
         per_step, b = self.tokens_per_step, cond.tokens.shape[0]
         steps = cond.tokens[:, :per_step * self.n_obs_steps].reshape(b, self.n_obs_steps, per_step, self.dim)
-        predicted = self.auxiliary_readout(steps[:, :, :len(self.camera_keys)].flatten(2).float())
+        predicted = self.auxiliary_readout(steps[:, :, :self.camera_tokens].flatten(2).float())
         target = torch.cat([batch[k] for k in self.auxiliary_keys], dim=-1).to(predicted.dtype)
         return (predicted - target).pow(2).mean()

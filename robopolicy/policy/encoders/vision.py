@@ -1,10 +1,16 @@
-"""Camera encoder: CNN trunk + spatial-softmax keypoints, the diffusion-policy recipe.
+"""Camera encoder: CNN trunk + spatial-softmax keypoints (the diffusion-policy recipe) or feature-map tokens.
 
 ResNet-18 normally carries BatchNorm, whose running statistics drift badly when a policy trains
 from scratch with small batches and EMA weights; GroupNorm has no running statistics, so it is
 swapped in (as diffusion_policy does). Spatial softmax turns each feature map into the expected
 image coordinates of K learned keypoints — a compact, position-aware summary that suits control.
 Training crops a random window (data augmentation); inference crops the center.
+
+With `tokens: feature_map` an image is not summarized into one token: its feature map, average-pooled
+to a small grid, gives one token per cell (plus a learned embedding of the cell), as ACT feeds its
+backbone's last feature map to the transformer. Keypoints say where things are as 2K numbers; the
+cells also keep what is there (is the cube between the fingers yet), which an attention head can
+read directly.
 
 With `language_film` the instruction also reaches the pixels' summary: a linear map of the
 instruction's sentence vector gives each trunk channel a scale and a shift (FiLM, how RT-1 conditions its image
@@ -114,8 +120,24 @@ class LanguageFiLM(nn.Module):
         return modulate(features, self.map, instruction, channel_dim=1)
 
 
+class FeatureMapTokens(nn.Module):
+    """(B, C, H, W) feature map -> (B, grid * grid, dim): the map average-pooled to a grid, each cell
+    projected to a token, plus a learned embedding of the cell it came from."""
+
+    def __init__(self, in_channels: int, grid: int, dim: int):
+        super().__init__()
+        self.grid = grid
+        self.project = nn.Linear(in_channels, dim)
+        self.cell = nn.Parameter(torch.randn(grid * grid, dim) * 0.02)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        cells = nn.functional.adaptive_avg_pool2d(features, self.grid).flatten(2).transpose(1, 2)  # (B, g*g, C)
+        return self.project(cells) + self.cell.to(cells.dtype)
+
+
 class CameraEncoder(nn.Module):
-    """Trunk + keypoints + projection: one image (and, with FiLM, its instruction) -> one token of width `dim`."""
+    """Trunk + keypoints + projection, or trunk + feature-map cells: one image (and, with FiLM, its
+    instruction) -> `tokens_per_image` tokens of width `dim`, shaped (N, tokens_per_image, dim)."""
 
     def __init__(self, cfg: VisionConfig, crop_hw: tuple[int, int], dim: int, instruction_dim: int = 0):
         super().__init__()
@@ -124,25 +146,35 @@ class CameraEncoder(nn.Module):
         if cfg.language_film and instruction_dim < 1:
             raise ValueError("vision.language_film needs the instruction vector's size")
         self.film = LanguageFiLM(instruction_dim, channels) if cfg.language_film else None
-        self.pool = SpatialSoftmax(channels, cfg.num_keypoints)
-        self.project = nn.Sequential(nn.Linear(2 * cfg.num_keypoints, dim), nn.Mish(), nn.Linear(dim, dim))
-        self.project_film = zero_film(instruction_dim, dim) if cfg.keypoint_language_film else None
+        self.cells = None
+        if cfg.tokens == "feature_map":
+            self.cells = FeatureMapTokens(channels, cfg.feature_grid, dim)
+            self.tokens_per_image = cfg.feature_grid ** 2
+        else:
+            self.pool = SpatialSoftmax(channels, cfg.num_keypoints)
+            self.project = nn.Sequential(nn.Linear(2 * cfg.num_keypoints, dim), nn.Mish(), nn.Linear(dim, dim))
+            self.project_film = zero_film(instruction_dim, dim) if cfg.keypoint_language_film else None
+            self.tokens_per_image = 1
 
     def forward(self, images: torch.Tensor, instruction: torch.Tensor | None = None) -> torch.Tensor:
         return self.summarize(self.trunk(images), instruction)
 
     def summarize(self, features: torch.Tensor, instruction: torch.Tensor | None) -> torch.Tensor:
-        """Trunk features -> token: FiLM by the instruction (when configured), keypoints, projection."""
+        """Trunk features -> tokens: FiLM by the instruction (when configured), then keypoints and
+        their projection, or the pooled cells."""
         if self.film is not None:
             if instruction is None:
                 raise ValueError("this camera encoder is conditioned on the instruction (vision.language_film):"
                                  " give it the instruction vector")
             features = self.film(features, instruction)
-        return film_mlp(self.project, self.project_film, self.pool(features), instruction)
+        if self.cells is not None:
+            return self.cells(features)
+        return film_mlp(self.project, self.project_film, self.pool(features), instruction).unsqueeze(1)
 
 
 class VisionEncoder(nn.Module):
-    """All cameras, all observation steps: (B, T, 3, H, W) per camera -> (B, T, n_cameras, dim).
+    """All cameras, all observation steps: (B, T, 3, H, W) per camera -> (B, T, n_cameras * tokens_per_image, dim),
+    each camera's tokens together, cameras in `camera_keys` order.
 
     `instruction` (B, instruction_dim), the normalized sentence vector, is needed when the cameras are
     FiLM-conditioned.
@@ -161,6 +193,7 @@ class VisionEncoder(nn.Module):
             self.shared = None
             self.per_camera = nn.ModuleList([CameraEncoder(cfg, self.crop_hw, dim, instruction_dim)
                                              for _ in camera_keys])
+        self.tokens_per_image = self.camera_encoders()[0].tokens_per_image
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -193,13 +226,13 @@ class VisionEncoder(nn.Module):
             stacked = torch.stack([images[k] for k in self.camera_keys], dim=2)  # (B, T, n, 3, H, W)
             flat = self._prepare(stacked.flatten(0, 2))
             per_image = None if instruction is None else instruction[:, None].expand(b, t * n, -1).flatten(0, 1)
-            tokens = self.shared(flat, per_image)
-            return tokens.view(b, t, n, -1)
+            tokens = self.shared(flat, per_image)  # (B * T * n, tokens_per_image, dim)
+            return tokens.reshape(b, t, n * self.tokens_per_image, -1)
         per_image = None if instruction is None else instruction[:, None].expand(b, t, -1).flatten(0, 1)
         outs = []
         for key, enc in zip(self.camera_keys, self.per_camera):
-            outs.append(enc(self._prepare(images[key].flatten(0, 1)), per_image).view(b, t, -1))
-        return torch.stack(outs, dim=2)
+            outs.append(enc(self._prepare(images[key].flatten(0, 1)), per_image).reshape(b, t, self.tokens_per_image, -1))
+        return torch.cat(outs, dim=2)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = self.crop(x, random=self.training)
