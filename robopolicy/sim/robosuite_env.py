@@ -16,8 +16,13 @@ doubles camera-observation speed on CPUs and does not change what a policy can s
 Camera observations skip MuJoCo's reflection pass for a camera that cannot see a reflective
 surface: robosuite's floor is the only one, and a camera whose whole view lands on the table top
 (the wrist camera, almost always) sees none of it. The pass redraws the whole scene mirrored, so
-this makes such a render ~3x cheaper and leaves its pixels exactly as they were
-(`bench/bench_camera_step.py` compares every frame of whole episodes with the pass on and off).
+this makes such a render several times cheaper. Such a camera then also skips every geom whose
+bounding sphere lies wholly outside its view frustum: MuJoCo sends every geom of the scene to the
+rasterizer, which on a CPU (llvmpipe) transforms all of the robot's and the mount's mesh triangles
+for a view that shows the gripper's fingers and a patch of table. Without reflections or shadows
+(robosuite's scenes have none) a geom outside the frustum adds no pixel, so both shortcuts leave
+the pixels exactly as they were (`bench/bench_camera_step.py` compares every frame of whole
+episodes with and without them).
 """
 
 from __future__ import annotations
@@ -186,17 +191,19 @@ class RobosuiteEnv(gym.Env):
             stack.extend(getattr(s, "samplers", {}).values())
 
     def _configure_offscreen_rendering(self) -> None:
-        """No MSAA; no reflection pass for cameras that cannot see the floor (module docstring)."""
+        """No MSAA; render shortcuts for cameras that cannot see the floor (module docstring)."""
         self.raw.sim.model.vis.quality.offsamples = 0
         if self.cameras and self.skip_hidden_reflections:
-            self._install_reflection_skip()
+            self._install_render_shortcuts()
 
-    # ------------------------------------------------------------------ reflections
-    skip_hidden_reflections = True  # class-level switch: off renders every camera with the pass
+    # ------------------------------------------------------------------ render shortcuts
+    skip_hidden_reflections = True  # class-level switches: off renders every camera as robosuite does
+    cull_outside_view = True  # with skip_hidden_reflections: geoms outside such a camera's view are not drawn
 
-    def _install_reflection_skip(self) -> None:
-        """Wrap the offscreen context's render so each camera gets the reflection pass only when
-        it may see the floor. Envs without a plain table over a reflective floor keep the pass."""
+    def _install_render_shortcuts(self) -> None:
+        """Wrap the offscreen context's render so each camera gets the reflection pass only when it
+        may see the floor, and, when it cannot, only the geoms inside its view. Envs without a plain
+        table over a reflective floor render as robosuite does."""
         import mujoco
 
         sim = self.raw.sim
@@ -207,15 +214,92 @@ class RobosuiteEnv(gym.Env):
         if table is None:
             return
         flag = mujoco.mjtRndFlag.mjRND_REFLECTION
-        render = ctx.render
+        render, cull = ctx.render, self.cull_outside_view
 
-        def render_skipping_hidden_reflections(width, height, camera_id=None, segmentation=False):
+        def render_with_shortcuts(width, height, camera_id=None, segmentation=False):
             hidden = camera_id is not None and camera_id >= 0 and _view_inside_table(sim, camera_id, table)
             ctx.scn.flags[flag] = 0 if hidden else 1
-            return render(width, height, camera_id=camera_id, segmentation=segmentation)
+            if not (hidden and cull) or segmentation or width > ctx.con.offWidth or height > ctx.con.offHeight:
+                return render(width, height, camera_id=camera_id, segmentation=segmentation)
+            # robosuite's render for a fixed camera, with the geoms it cannot show dropped in between
+            ctx.cam.type, ctx.cam.fixedcamid = mujoco.mjtCamera.mjCAMERA_FIXED, camera_id
+            mujoco.mjv_updateScene(sim.model._model, sim.data._data, ctx.vopt, ctx.pert, ctx.cam,
+                                   mujoco.mjtCatBit.mjCAT_ALL, ctx.scn)
+            _drop_hidden_geoms(ctx.scn, sim.model._model, width / height, table[4])
+            mujoco.mjr_render(mujoco.MjrRect(0, 0, width, height), ctx.scn, ctx.con)
 
-        ctx.render = render_skipping_hidden_reflections
+        ctx.render = render_with_shortcuts
         ctx._robopolicy_wrapped = True
+
+
+_GEOM_FIELDS = ("type", "dataid", "objtype", "objid", "category", "matid", "texcoord", "segid", "size", "pos",
+                "mat", "rgba", "emission", "specular", "shininess", "reflectance", "label", "camdist",
+                "modelrbound", "transparent")
+
+
+_MARGIN = 1e-3  # metres: a geom must be this far out to be dropped (the scene's poses are float32)
+
+
+def _drop_hidden_geoms(scn, model, aspect: float, table_top: float) -> None:
+    """Remove from `scn` every model geom that its camera cannot show: wholly outside the view
+    frustum, or wholly below the table top when every ray of the view ends on the table top (the
+    caller's condition: anything below that plane is behind the opaque table). Each geom is judged by
+    its bounding box (MuJoCo's geom_aabb, in the geom's frame); the others keep their order, which
+    decides between coincident surfaces. The frustum is the one mjr_render draws with: its near-plane
+    half-width follows the viewport's aspect ratio."""
+    import mujoco
+
+    cam = scn.camera[0]
+    if cam.orthographic:
+        return
+    eye, forward, up = np.array(cam.pos), np.array(cam.forward), np.array(cam.up)
+    right = np.cross(forward, up)
+    near, far = cam.frustum_near, cam.frustum_far
+    half = 0.5 * aspect * (cam.frustum_top - cam.frustum_bottom)
+    # inward normals of the four side planes, which pass through the eye
+    normals = []
+    for ray, edge in ((near * forward + (cam.frustum_center - half) * right, up),
+                      (near * forward + (cam.frustum_center + half) * right, up),
+                      (near * forward + cam.frustum_bottom * up, right),
+                      (near * forward + cam.frustum_top * up, right)):
+        n = np.cross(edge, ray)
+        n /= np.linalg.norm(n)
+        normals.append(n if n @ forward > 0 else -n)
+    planes = np.array(normals + [forward, -forward])  # then near and far
+    offsets = np.array([0.0] * 4 + [-near, far])
+    plane_type, aabb = mujoco.mjtGeom.mjGEOM_PLANE, model.geom_aabb
+    geoms, keep = scn.geoms, 0
+    for i in range(scn.ngeom):
+        g = geoms[i]
+        if g.objtype == mujoco.mjtObj.mjOBJ_GEOM:
+            rot = np.array(g.mat).reshape(3, 3)
+            if model.geom_type[g.objid] == plane_type:  # infinite: hidden only when level and below the table
+                hidden = g.pos[2] < table_top - _MARGIN and abs(rot[2, 2]) > 1 - 1e-6
+            else:
+                center, size = np.array(g.pos) + rot @ aabb[g.objid, :3], aabb[g.objid, 3:]
+                extent = np.abs(rot) @ size  # half-sizes of the box's world-aligned bounds
+                low, high = center[2] - extent[2], center[2] + extent[2]
+                if high < table_top - _MARGIN:
+                    hidden = True
+                else:  # the box itself, then its world-aligned bounds cut at the table top
+                    above = np.array([center[0], center[1], (max(low, table_top) + high) / 2])
+                    cut = np.array([extent[0], extent[1], (high - max(low, table_top)) / 2])
+                    hidden = _outside(planes @ (center - eye) + offsets, np.abs(planes @ rot) @ size) or \
+                        _outside(planes @ (above - eye) + offsets, np.abs(planes) @ cut)
+            if hidden:
+                continue
+        if keep != i:
+            target = geoms[keep]
+            for field in _GEOM_FIELDS:
+                setattr(target, field, getattr(g, field))
+        keep += 1
+    scn.ngeom = keep
+
+
+def _outside(distances: np.ndarray, reach: np.ndarray) -> bool:
+    """A box whose centre lies `distances` inside the frustum's planes and that reaches `reach` along
+    their normals is wholly outside when it is beyond any one plane."""
+    return bool((distances < -reach - _MARGIN).any())
 
 
 def _table_top(sim) -> tuple[float, float, float, float, float] | None:
