@@ -198,12 +198,13 @@ class RobosuiteEnv(gym.Env):
 
     # ------------------------------------------------------------------ render shortcuts
     skip_hidden_reflections = True  # class-level switches: off renders every camera as robosuite does
-    cull_outside_view = True  # with skip_hidden_reflections: geoms outside such a camera's view are not drawn
+    cull_outside_view = True  # with skip_hidden_reflections: no camera draws the geoms it cannot show
 
     def _install_render_shortcuts(self) -> None:
         """Wrap the offscreen context's render so each camera gets the reflection pass only when it
-        may see the floor, and, when it cannot, only the geoms inside its view. Envs without a plain
-        table over a reflective floor render as robosuite does."""
+        may see the floor, and, when it cannot, only the geoms it may show (module docstring). A camera
+        that sees the floor draws every geom: one outside its view may still show in the floor's
+        reflection. Envs without a plain table over a reflective floor render as robosuite does."""
         import mujoco
 
         sim = self.raw.sim
@@ -235,39 +236,46 @@ class RobosuiteEnv(gym.Env):
 _GEOM_FIELDS = ("type", "dataid", "objtype", "objid", "category", "matid", "texcoord", "segid", "size", "pos",
                 "mat", "rgba", "emission", "specular", "shininess", "reflectance", "label", "camdist",
                 "modelrbound", "transparent")
-
-
 _MARGIN = 1e-3  # metres: a geom must be this far out to be dropped (the scene's poses are float32)
 
 
+class _Frustum:
+    """A perspective camera's view volume as six inward planes: the one mjr_render draws with, whose
+    near-plane half-width follows the viewport's aspect ratio."""
+
+    def __init__(self, cam, aspect: float):
+        self.eye, forward, up = np.array(cam.pos), np.array(cam.forward), np.array(cam.up)
+        right = np.cross(forward, up)
+        near, half = cam.frustum_near, 0.5 * aspect * (cam.frustum_top - cam.frustum_bottom)
+        normals = []  # the four side planes pass through the eye
+        for ray, edge in ((near * forward + (cam.frustum_center - half) * right, up),
+                          (near * forward + (cam.frustum_center + half) * right, up),
+                          (near * forward + cam.frustum_bottom * up, right),
+                          (near * forward + cam.frustum_top * up, right)):
+            n = np.cross(edge, ray)
+            n /= np.linalg.norm(n)
+            normals.append(n if n @ forward > 0 else -n)
+        self.planes = np.array(normals + [forward, -forward])  # then the near and far planes
+        self.offsets = np.array([0.0] * 4 + [-near, cam.frustum_far])
+
+    def excludes(self, center: np.ndarray, axes: np.ndarray, size: np.ndarray) -> bool:
+        """True when the box (centre, unit axes as columns, half-sizes) lies wholly beyond one plane."""
+        reach = np.abs(self.planes @ axes) @ size
+        return bool((self.planes @ (center - self.eye) + self.offsets < -reach - _MARGIN).any())
+
+
 def _drop_hidden_geoms(scn, model, aspect: float, table_top: float) -> None:
-    """Remove from `scn` every model geom that its camera cannot show: wholly outside the view
-    frustum, or wholly below the table top when every ray of the view ends on the table top (the
-    caller's condition: anything below that plane is behind the opaque table). Each geom is judged by
-    its bounding box (MuJoCo's geom_aabb, in the geom's frame); the others keep their order, which
-    decides between coincident surfaces. The frustum is the one mjr_render draws with: its near-plane
-    half-width follows the viewport's aspect ratio."""
+    """Remove from `scn` every model geom its camera cannot show, judged by the geom's bounding box
+    (MuJoCo's geom_aabb, in the geom's frame); the others keep their order, which decides between
+    coincident surfaces. The caller knows every ray of the view ends on the table top at `table_top`,
+    so anything below it is behind the opaque table: a geom is dropped when it lies wholly outside
+    the view frustum, wholly below the top, or its part above the top lies outside the frustum."""
     import mujoco
 
     cam = scn.camera[0]
     if cam.orthographic:
         return
-    eye, forward, up = np.array(cam.pos), np.array(cam.forward), np.array(cam.up)
-    right = np.cross(forward, up)
-    near, far = cam.frustum_near, cam.frustum_far
-    half = 0.5 * aspect * (cam.frustum_top - cam.frustum_bottom)
-    # inward normals of the four side planes, which pass through the eye
-    normals = []
-    for ray, edge in ((near * forward + (cam.frustum_center - half) * right, up),
-                      (near * forward + (cam.frustum_center + half) * right, up),
-                      (near * forward + cam.frustum_bottom * up, right),
-                      (near * forward + cam.frustum_top * up, right)):
-        n = np.cross(edge, ray)
-        n /= np.linalg.norm(n)
-        normals.append(n if n @ forward > 0 else -n)
-    planes = np.array(normals + [forward, -forward])  # then near and far
-    offsets = np.array([0.0] * 4 + [-near, far])
-    plane_type, aabb = mujoco.mjtGeom.mjGEOM_PLANE, model.geom_aabb
+    view, plane_type, aabb = _Frustum(cam, aspect), mujoco.mjtGeom.mjGEOM_PLANE, model.geom_aabb
     geoms, keep = scn.geoms, 0
     for i in range(scn.ngeom):
         g = geoms[i]
@@ -277,15 +285,7 @@ def _drop_hidden_geoms(scn, model, aspect: float, table_top: float) -> None:
                 hidden = g.pos[2] < table_top - _MARGIN and abs(rot[2, 2]) > 1 - 1e-6
             else:
                 center, size = np.array(g.pos) + rot @ aabb[g.objid, :3], aabb[g.objid, 3:]
-                extent = np.abs(rot) @ size  # half-sizes of the box's world-aligned bounds
-                low, high = center[2] - extent[2], center[2] + extent[2]
-                if high < table_top - _MARGIN:
-                    hidden = True
-                else:  # the box itself, then its world-aligned bounds cut at the table top
-                    above = np.array([center[0], center[1], (max(low, table_top) + high) / 2])
-                    cut = np.array([extent[0], extent[1], (high - max(low, table_top)) / 2])
-                    hidden = _outside(planes @ (center - eye) + offsets, np.abs(planes @ rot) @ size) or \
-                        _outside(planes @ (above - eye) + offsets, np.abs(planes) @ cut)
+                hidden = _box_hidden(view, center, rot, size, table_top)
             if hidden:
                 continue
         if keep != i:
@@ -296,10 +296,18 @@ def _drop_hidden_geoms(scn, model, aspect: float, table_top: float) -> None:
     scn.ngeom = keep
 
 
-def _outside(distances: np.ndarray, reach: np.ndarray) -> bool:
-    """A box whose centre lies `distances` inside the frustum's planes and that reaches `reach` along
-    their normals is wholly outside when it is beyond any one plane."""
-    return bool((distances < -reach - _MARGIN).any())
+def _box_hidden(view: _Frustum, center: np.ndarray, rot: np.ndarray, size: np.ndarray, table_top: float) -> bool:
+    """The box is outside the view, wholly below the table top that hides what is below it, or its
+    world-aligned bounds cut at the top are outside the view."""
+    if view.excludes(center, rot, size):
+        return True
+    extent = np.abs(rot) @ size  # half-sizes of the box's world-aligned bounds
+    low, high = center[2] - extent[2], center[2] + extent[2]
+    if high < table_top - _MARGIN:
+        return True
+    low = max(low, table_top)
+    return view.excludes(np.array([center[0], center[1], (low + high) / 2]), np.eye(3),
+                         np.array([extent[0], extent[1], (high - low) / 2]))
 
 
 def _table_top(sim) -> tuple[float, float, float, float, float] | None:
