@@ -17,12 +17,13 @@ Camera observations skip MuJoCo's reflection pass for a camera that cannot see a
 surface: robosuite's floor is the only one, and a camera whose whole view lands on the table top
 (the wrist camera, almost always) sees none of it. The pass redraws the whole scene mirrored, so
 this makes such a render several times cheaper. Such a camera then also skips every geom whose
-bounding sphere lies wholly outside its view frustum: MuJoCo sends every geom of the scene to the
+bounding box lies wholly outside its view frustum or wholly below the table top (which hides all
+that is below it from a view that ends on it): MuJoCo sends every geom of the scene to the
 rasterizer, which on a CPU (llvmpipe) transforms all of the robot's and the mount's mesh triangles
 for a view that shows the gripper's fingers and a patch of table. Without reflections or shadows
-(robosuite's scenes have none) a geom outside the frustum adds no pixel, so both shortcuts leave
-the pixels exactly as they were (`bench/bench_camera_step.py` compares every frame of whole
-episodes with and without them).
+(robosuite's scenes have none) such a geom adds no pixel, so both shortcuts leave the pixels
+exactly as they were (`bench/bench_camera_step.py` compares every frame of whole episodes with and
+without them).
 """
 
 from __future__ import annotations
