@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -30,8 +31,8 @@ def run(config: Path, overrides: list[str], dagger: bool = False, resume: bool =
     from robopolicy.data.dataset import LeRobotDataset
 
     cfg = load_config(config, overrides)
-    flag = " --dagger" if dagger else ""
-    command = f"python bench/bench_success.py{flag} {config} {' '.join(f'--set {o}' for o in overrides)}".strip()
+    command = shlex.join(["python", "bench/bench_success.py", *(["--dagger"] if dagger else []), str(config),
+                          *_set_flags(overrides)])
     if dagger:
         from robopolicy.dagger import run_dagger
 
@@ -64,6 +65,11 @@ def record_of(s: dict, **fields) -> dict:
     }
 
 
+def _set_flags(overrides) -> list[str]:
+    """The `--set KEY=VALUE` arguments that reproduce `overrides` (one config's, in a recorded command)."""
+    return [arg for override in overrides for arg in ("--set", override)]
+
+
 def save(name: str, record: dict) -> dict:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"success_{name}.json").write_text(json.dumps(record, indent=1))
@@ -93,8 +99,8 @@ def evaluate_run(run_dir: Path, env: str | None, trained_on: str, overrides: lis
                        samples_seen=steps * cfg.train.batch_size, **demos,
                        eval_seconds=s["timing"]["wall_s"], config=str(run_dir / "config.yaml"), overrides=list(overrides),
                        trained_on=trained_on,
-                       command=f"python bench/bench_success.py --evaluate {run_dir} --env {env} --trained-on '{trained_on}'"
-                       + "".join(f" --set {o}" for o in overrides))
+                       command=shlex.join(["python", "bench/bench_success.py", "--evaluate", str(run_dir), "--env", env,
+                                           "--trained-on", trained_on, *_set_flags(overrides)]))
     return save(run_dir.name, record)
 
 
