@@ -37,7 +37,7 @@ class _Bf16Camera(torch.nn.Module):
         super().__init__()
         self.trunk = copy.deepcopy(encoder.trunk).eval().to(dtype=torch.bfloat16, memory_format=torch.channels_last)
         for name in ("film", "cells", "pool", "project", "project_film"):  # what `summarize` reads
-            setattr(self, name, getattr(encoder, name, None))
+            setattr(self, name, getattr(encoder, name))
 
     def forward(self, images: torch.Tensor, instruction: torch.Tensor | None = None) -> torch.Tensor:
         features = self.trunk(images.to(dtype=torch.bfloat16, memory_format=torch.channels_last)).float()

@@ -146,7 +146,8 @@ class CameraEncoder(nn.Module):
         if cfg.language_film and instruction_dim < 1:
             raise ValueError("vision.language_film needs the instruction vector's size")
         self.film = LanguageFiLM(instruction_dim, channels) if cfg.language_film else None
-        self.cells = None
+        # one of the two summaries; the other's parts stay None, so every encoder has the same attributes
+        self.cells = self.pool = self.project = self.project_film = None
         if cfg.tokens == "feature_map":
             self.cells = FeatureMapTokens(channels, cfg.feature_grid, dim)
             self.tokens_per_image = cfg.feature_grid ** 2
