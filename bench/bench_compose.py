@@ -6,7 +6,7 @@
 
 Each part alone and the composition are evaluated on the same evaluation seeds; the composition's
 weights are chosen first on validation seeds (`robopolicy eval --compose-search`: a 0.25 grid,
-`--search-episodes` per weighting; with four parts the grid holds equal weights only), never on the
+`--search-episodes` per weighting; with four or more parts the grid holds equal weights only), never on the
 evaluation seeds. Writes
 bench/results/compose_<NAME>.json: env, success_parts (one per policy), success_composed, weights,
 the search table, episodes, machine, command.

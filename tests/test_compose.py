@@ -72,6 +72,18 @@ def test_diffusion_policies_compose_through_their_noise_predictions(toy_checkpoi
         ComposedPolicy([a, flow])
 
 
+def test_the_weight_search_grid_covers_every_part_count():
+    """Two to four parts get the 0.25 grid; five or more, which that grid cannot hold, get equal weights."""
+    from robopolicy.evaluate.composition import weight_grid
+
+    assert weight_grid(2) == [[0.25, 0.75], [0.5, 0.5], [0.75, 0.25]]
+    assert weight_grid(4) == [[0.25] * 4]
+    assert weight_grid(5) == [[0.2] * 5]
+    for parts in range(2, 8):
+        grid = weight_grid(parts)
+        assert grid and all(len(w) == parts and abs(sum(w) - 1) < 1e-9 and min(w) > 0 for w in grid)
+
+
 def test_batched_composed_chunks_equal_one_by_one(pair, toy_checkpoint, tmp_path):
     """Batched evaluation samples a composition for many envs at once: each env's chunk is what
     one call for it alone gives from the same starting noise; and `eval --envs` runs it."""

@@ -11,9 +11,13 @@ from robopolicy.evaluate.config import EvalConfig
 
 
 def weight_grid(parts: int, step: float = 0.25) -> list[list[float]]:
-    """Every weighting of `parts` policies on a `step` grid with all weights > 0, summing to 1."""
-    n = round(1 / step)
-    return [[k * step for k in combo] for combo in itertools.product(range(1, n), repeat=parts) if sum(combo) == n]
+    """Every weighting of `parts` policies on a `step` grid with all weights > 0, summing to 1.
+
+    With more parts than the grid has steps (five on a 0.25 grid) no weighting fits it, so the grid
+    narrows to 1/parts and holds only equal weights: an ensemble's average, still scored on validation.
+    """
+    n = max(round(1 / step), parts)
+    return [[k / n for k in combo] for combo in itertools.product(range(1, n), repeat=parts) if sum(combo) == n]
 
 
 def search_weights(checkpoint: str | Path, env: str, cfg: EvalConfig, out_dir: Path, seed: int = 200_000,
