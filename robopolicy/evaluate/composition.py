@@ -13,11 +13,14 @@ from robopolicy.evaluate.config import EvalConfig
 def weight_grid(parts: int, step: float = 0.25) -> list[list[float]]:
     """Every weighting of `parts` policies on a `step` grid with all weights > 0, summing to 1.
 
-    With more parts than the grid has steps (five on a 0.25 grid) no weighting fits it, so the grid
-    narrows to 1/parts and holds only equal weights: an ensemble's average, still scored on validation.
+    With as many parts as the grid has steps or more (four on a 0.25 grid) only equal weights fit, so
+    that is the grid: an ensemble's average, still scored on validation (and no enumeration of a
+    product that grows as steps ** parts).
     """
-    n = max(round(1 / step), parts)
-    return [[k / n for k in combo] for combo in itertools.product(range(1, n), repeat=parts) if sum(combo) == n]
+    n = round(1 / step)
+    if parts >= n:
+        return [[1 / parts] * parts]
+    return [[k * step for k in combo] for combo in itertools.product(range(1, n), repeat=parts) if sum(combo) == n]
 
 
 def search_weights(checkpoint: str | Path, env: str, cfg: EvalConfig, out_dir: Path, seed: int = 200_000,
