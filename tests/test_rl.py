@@ -233,13 +233,16 @@ def test_finetune_writes_an_ordinary_checkpoint_and_resumes_bit_exactly(tmp_path
     assert resumed["success_after"] == straight["success_after"]
 
 
+def _shifted_overrides(root, toy_checkpoint):
+    return [f"checkpoint={toy_checkpoint}", "env=test/reach-shifted", f"output_dir={root}", "name=shifted",
+            "iterations=12", "envs=16", "workers=0", "eval_every=0", "eval.episodes=30", "eval.workers=1",
+            "progress=false", "ppo.epochs=8"]
+
+
 @pytest.mark.slow
 def test_finetuning_learns_what_the_demonstrations_did_not_show(tmp_path, toy_checkpoint):
     """test/reach-shifted: success lies 0.3 beyond the target the expert went to; PPO finds it."""
-    overrides = [f"checkpoint={toy_checkpoint}", "env=test/reach-shifted", f"output_dir={tmp_path}", "name=shifted",
-                 "iterations=12", "envs=16", "workers=0", "eval_every=0", "eval.episodes=30", "eval.workers=1",
-                 "progress=false", "ppo.epochs=8"]
-    out = finetune(load_finetune_config(None, overrides))
+    out = finetune(load_finetune_config(None, _shifted_overrides(tmp_path, toy_checkpoint)))
     assert out["success_before"] < 0.5  # imitation alone mostly stops short
     assert out["success_after"] >= out["success_before"] + 0.3, out
     # the result is an ordinary checkpoint that the evaluator scores the same way
@@ -249,3 +252,12 @@ def test_finetuning_learns_what_the_demonstrations_did_not_show(tmp_path, toy_ch
     again = evaluate(out["fine_tuned"], "test/reach-shifted", EvalConfig(episodes=30, workers=1, videos=0),
                      tmp_path / "again", progress=False)
     assert again.summary["success_rate"] == out["success_after"]
+
+
+@pytest.mark.slow
+def test_shuffled_advantages_learn_nothing_of_what_the_real_ones_learn(tmp_path, toy_checkpoint):
+    """The control run keeps every update's size and loses its signal: the shifted success stays unfound,
+    where the same run with the real advantages gains >= 30 points (the test above)."""
+    overrides = [*_shifted_overrides(tmp_path, toy_checkpoint), "ppo.shuffle_advantages=true"]
+    out = finetune(load_finetune_config(None, overrides))
+    assert out["success_after"] < out["success_before"] + 0.3, out

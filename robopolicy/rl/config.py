@@ -32,6 +32,9 @@ class PPOConfig:
     # from the chunk's start), or the whole chunk
     likelihood: Literal["executed", "chunk"] = "executed"
     critic_warmup_iterations: int = 0  # iterations that train the value network only
+    # a control, not a method: permute the advantages across each update's decisions, so the update keeps
+    # its size and loses its signal; a run that learns must beat the same run with this on
+    shuffle_advantages: bool = False
 
     def __post_init__(self):
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:

@@ -155,6 +155,8 @@ class Learner:
             returns.append(ret)
         adv = torch.from_numpy(np.concatenate(advantages))
         adv = (adv - adv.mean()) / (adv.std() + 1e-8) if len(adv) > 1 else adv
+        if p.shuffle_advantages:  # the control: each decision gets another decision's advantage
+            adv = adv[torch.randperm(len(adv), generator=generator)]
         ret = torch.from_numpy(np.concatenate(returns))
         old = torch.tensor([d.log_prob for d in decisions])
         scale = self.n_elements if p.logprob_per_dimension else 1
