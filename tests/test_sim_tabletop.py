@@ -224,6 +224,25 @@ def test_truncation_and_reward():
     assert all(r[1] == 0.0 and r[2] is False and r[4]["is_success"] is False for r in results)
 
 
+@pytest.mark.parametrize("task", ["pick", "push"])
+def test_shaped_reward_climbs_through_the_stages_of_an_expert_episode(task):
+    """The dense hint RL fine-tuning relies on: it rises as the expert makes progress, stays below the
+    success reward until success, and is off unless asked for."""
+    shaped = TabletopEnv(task, images=False, reward_shaping=True)
+    plain = TabletopEnv(task, images=False)
+    _, infos = rollout(shaped, seed=3)
+    actions, _ = rollout(shaped, seed=3)
+    _, plain_infos = rollout(plain, seed=3, actions=actions)
+    rewards = np.array([i["reward"] for i in infos])
+    assert infos[-1]["is_success"] and rewards[-1] == 1.0
+    before = rewards[:-1]
+    assert before.max() <= 0.7 and before.min() >= 0.0
+    assert before[-5:].mean() > 0.3 > before[:5].mean()  # near done at the end, far from it at the start
+    if task == "pick":  # the grasp stage is reached before the cube is carried over the bowl
+        assert (before >= 0.35).any() and (before > 0.5).any()
+    assert [i["reward"] for i in plain_infos] == [0.0] * (len(plain_infos) - 1) + [1.0]
+
+
 # ---------------------------------------------------------------------------------- success checks
 def test_cube_in_bowl_counts_only_once_released(pick_env):
     pick_env.reset(seed=2, options={"instruction": "put the red cube in the bowl"})

@@ -30,12 +30,25 @@ Observations (LeRobot feature names):
     observation.images.front       uint8 (H, W, 3), upright, only with images=True
     observation.images.wrist       uint8 (H, W, 3), upright, only with images=True
 
-Success (`info["is_success"]`, which also terminates the episode and gives reward 1):
+Success (`info["is_success"]`, which also terminates the episode and gives reward 1; every other step
+gives 0, or with `reward_shaping=True` the staged progress below):
 
     pick  the named cube's centre is within the bowl's inner radius of the bowl's centre and below
           its rim, and the gripper does not hold it (fingers open, or the cube not between them);
     push  the named cube moved >= 8 cm in the instructed direction and still rests on the table,
           and neither other cube moved 3 cm or more.
+
+Shaped reward (`reward_shaping=True`, as robosuite's option of that name), in [0, 0.7] until success,
+the best stage reached in the current state:
+
+    pick  reach 0.1 * (1 - tanh(10 d)) for the gripper's distance d to the named cube; holding it 0.35;
+          held and lifted, up to 0.5 as it rises to the bowl's rim; held above the rim, up to 0.7 as it
+          comes over the bowl (1 - tanh(10 d) of the horizontal distance);
+    push  reach as for pick; up to 0.7 in proportion to the distance pushed the instructed way while
+          the other cubes stay put.
+
+It is a hint for reinforcement learning (`robopolicy finetune ... env_kwargs.reward_shaping=true`);
+success is what evaluation counts.
 
 `reset(seed=s)` draws the instruction and then the layout from one generator seeded with s, so an
 episode is a function of its seed; `options={"instruction": text}` replaces the drawn instruction
@@ -170,13 +183,14 @@ class TabletopEnv(gym.Env):
     robot_type = "gantry_gripper"
 
     def __init__(self, task: str = "pick", images: bool = True, image_size: int = 84,
-                 max_steps: int | None = None, render_size: int | None = None):
+                 max_steps: int | None = None, render_size: int | None = None, reward_shaping: bool = False):
         if task not in MAX_STEPS:
             raise EnvError(f"unknown tabletop task {task!r}; available: {sorted(MAX_STEPS)}")
         for name, value in (("image_size", image_size), ("max_steps", max_steps), ("render_size", render_size)):
             if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
                 raise EnvError(f"tabletop {name} must be a positive integer, got {value!r}")
         self.kind = task
+        self.reward_shaping = bool(reward_shaping)
         self.images = images
         self.image_size = image_size
         self.render_size = render_size
@@ -222,7 +236,8 @@ class TabletopEnv(gym.Env):
         self.steps += 1
         success = self.success()
         truncated = self.steps >= self.max_steps
-        return self._observation(), float(success), success, truncated, {"is_success": success}
+        reward = 1.0 if success else self.shaped_reward() if self.reward_shaping else 0.0
+        return self._observation(), reward, success, truncated, {"is_success": success}
 
     def render(self) -> np.ndarray:
         return self._camera_image("front", self.render_size or self.image_size)
@@ -253,6 +268,24 @@ class TabletopEnv(gym.Env):
         if goal.kind == "pick":
             return self._in_bowl(goal.color) and not self._held(goal.color)
         return self._pushed(goal.color, DIRECTIONS[goal.direction])
+
+    def shaped_reward(self) -> float:
+        """The staged progress toward this episode's instruction (module docstring), short of success."""
+        goal = parse_instruction(self.task)
+        cube = self.cube_position(goal.color)
+        reach = 0.1 * (1.0 - np.tanh(10.0 * np.linalg.norm(cube - self.tcp_position())))
+        if goal.kind == "push":
+            others_still = all(np.linalg.norm((self.cube_position(c) - self._start[c])[:2]) < PUSH_OTHERS_TOLERANCE
+                               for c in COLORS if c != goal.color)
+            moved = DIRECTIONS[goal.direction] * (cube[1] - self._start[goal.color][1])
+            return float(max(reach, 0.7 * np.clip(moved / PUSH_DISTANCE, 0.0, 1.0) * others_still))
+        if not self._held(goal.color):
+            return float(reach)
+        rim = self.bowl_position()[2] + BOWL_RIM_HEIGHT + CUBE_HALF
+        if cube[2] < rim:
+            return float(0.35 + 0.15 * np.clip((cube[2] - CUBE_HALF) / (rim - CUBE_HALF), 0.0, 1.0))
+        over = np.linalg.norm(cube[:2] - self.bowl_position()[:2])
+        return float(0.5 + 0.2 * (1.0 - np.tanh(10.0 * over)))
 
     # ------------------------------------------------------------------ success checks
     def _in_bowl(self, color: str) -> bool:
