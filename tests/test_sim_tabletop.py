@@ -230,8 +230,7 @@ def test_shaped_reward_climbs_through_the_stages_of_an_expert_episode(task):
     success reward until success, and is off unless asked for."""
     shaped = TabletopEnv(task, images=False, reward_shaping=True)
     plain = TabletopEnv(task, images=False)
-    _, infos = rollout(shaped, seed=3)
-    actions, _ = rollout(shaped, seed=3)
+    actions, infos = rollout(shaped, seed=3)
     _, plain_infos = rollout(plain, seed=3, actions=actions)
     rewards = np.array([i["reward"] for i in infos])
     assert infos[-1]["is_success"] and rewards[-1] == 1.0

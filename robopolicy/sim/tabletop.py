@@ -275,10 +275,8 @@ class TabletopEnv(gym.Env):
         cube = self.cube_position(goal.color)
         reach = 0.1 * (1.0 - np.tanh(10.0 * np.linalg.norm(cube - self.tcp_position())))
         if goal.kind == "push":
-            others_still = all(np.linalg.norm((self.cube_position(c) - self._start[c])[:2]) < PUSH_OTHERS_TOLERANCE
-                               for c in COLORS if c != goal.color)
             moved = DIRECTIONS[goal.direction] * (cube[1] - self._start[goal.color][1])
-            return float(max(reach, 0.7 * np.clip(moved / PUSH_DISTANCE, 0.0, 1.0) * others_still))
+            return float(max(reach, 0.7 * np.clip(moved / PUSH_DISTANCE, 0.0, 1.0) * self._others_still(goal.color)))
         if not self._held(goal.color):
             return float(reach)
         rim = self.bowl_position()[2] + BOWL_RIM_HEIGHT + CUBE_HALF
@@ -304,9 +302,12 @@ class TabletopEnv(gym.Env):
         cube = self.cube_position(color)
         moved = sign * (cube[1] - self._start[color][1])
         on_table = abs(cube[2] - CUBE_HALF) < 0.01 and bool(np.all(np.abs(cube[:2]) < TABLE_HALF))
-        others_still = all(np.linalg.norm((self.cube_position(c) - self._start[c])[:2]) < PUSH_OTHERS_TOLERANCE
-                           for c in COLORS if c != color)
-        return bool(moved >= PUSH_DISTANCE and on_table and others_still)
+        return bool(moved >= PUSH_DISTANCE and on_table and self._others_still(color))
+
+    def _others_still(self, color: str) -> bool:
+        """No cube but `color` moved 3 cm or more on the table since the episode began."""
+        return all(np.linalg.norm((self.cube_position(c) - self._start[c])[:2]) < PUSH_OTHERS_TOLERANCE
+                   for c in COLORS if c != color)
 
     # ------------------------------------------------------------------ internals
     def _make_features(self) -> dict:
