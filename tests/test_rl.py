@@ -9,7 +9,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from robopolicy.policy.policy import Policy
-from robopolicy.rl.chain import make_chain
+from robopolicy.rl.chain import correlate, make_chain
 from robopolicy.rl.config import FinetuneConfig, PPOConfig
 from robopolicy.rl.finetune import Learner, finetune, load_finetune_config
 from robopolicy.rl.vector import ChunkEnvs
@@ -76,6 +76,31 @@ def test_chain_likelihood_counts_only_the_scored_actions(toy_policy):
     with torch.no_grad():
         torch.testing.assert_close(part.log_prob(cond, moved)["log_prob"], got)
         assert not torch.allclose(full.log_prob(cond, moved)["log_prob"], full.log_prob(cond, chains)["log_prob"])
+
+
+def test_correlated_noise_has_its_multivariate_gaussian_likelihood(toy_policy):
+    """With noise correlated across the chunk's time steps, each transition's log-likelihood is the
+    density of the multivariate Gaussian (per action dimension, covariance std std^T * C) over the
+    scored actions, and the sampled noise has that correlation."""
+    policy, rho, scored = toy_policy, 0.8, slice(0, 3)
+    chain = make_chain(policy.head, 2, policy.encoder.pooled_dim, 0.05, 0.2, scored=scored, correlation=rho)
+    torch.nn.init.normal_(chain.noise.net[-1].weight, std=0.5)  # state-dependent, per-element noise
+    with torch.no_grad():
+        cond = policy.encode(policy.observation_batches(toy_windows(policy, 3)))
+        chains, sampled = chain.sample(cond, torch.Generator().manual_seed(2))
+        got = chain.log_prob(cond, chains)["log_prob"]
+        torch.testing.assert_close(got.sum(-1), sampled, atol=1e-4, rtol=1e-6)
+        h = len(range(policy.head.horizon)[scored])
+        correlation = rho * torch.ones(h, h) + (1 - rho) * torch.eye(h)
+        for k in range(2):
+            mean, std, _ = chain.step(chains[:, k], k, cond, policy.head.denoiser.prepare(cond))
+            x, m, sd = (t[:, scored].transpose(1, 2).double() for t in (chains[:, k + 1], mean, std))  # (B, A, h)
+            cov = sd.unsqueeze(-1) * correlation.double() * sd.unsqueeze(-2)
+            direct = torch.distributions.MultivariateNormal(m, covariance_matrix=cov).log_prob(x).sum(-1)
+            torch.testing.assert_close(got[:, k].double(), direct, atol=1e-3, rtol=1e-5)
+    z = correlate(torch.randn(20000, 8, 2, generator=torch.Generator().manual_seed(3)), rho)
+    empirical = torch.corrcoef(z[:, :, 0].T)
+    torch.testing.assert_close(empirical, rho * torch.ones(8, 8) + (1 - rho) * torch.eye(8), atol=0.03, rtol=0)
 
 
 def test_diffusion_chain_means_are_ddim_steps(tmp_path):

@@ -14,6 +14,13 @@ tau_k to tau_{k+1}, exactly the head's own DDIM sampler (the clean-chunk estimat
 action range when the head clips, re-noised to the next level), and sigma_k the same bounded noise
 network.
 
+With `correlation` rho > 0 a transition's noise is correlated across the chunk's time steps, the same
+for every pair of them and independently per action dimension (covariance sigma sigma^T * (rho 11^T +
+(1 - rho) I) along the chunk): most of it is then one offset for the whole chunk, the kind of
+correction a chunk that misses its target by a few centimetres needs, instead of independent jitter
+that averages out over the executed actions. The likelihood is that multivariate Gaussian's, in closed
+form; any subset of time steps (the scored ones) is again equicorrelated with the same rho.
+
 `x_0` is standard normal and does not depend on the parameters, so it is left out of the
 likelihood. With `scored` (a slice of the chunk's time steps) the likelihood counts only those
 actions, the ones the env executes (as DPPO does): the others never reach the env, so their noise
@@ -69,6 +76,31 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
     return (-0.5 * z.pow(2) - std.log() - LOG_SQRT_2PI).flatten(1).sum(-1)
 
 
+def equicorrelated_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, rho: float) -> torch.Tensor:
+    """log-density of chunks x (B, H, A) whose standardized noise z = (x - mean) / std has, for each action
+    dimension, correlation rho between every two time steps: (B,).
+
+    With C = rho 11^T + (1 - rho) I (H x H): z^T C^-1 z = (sum z^2 - rho / (1 + (H - 1) rho) (sum z)^2) / (1 - rho)
+    and log det C = (H - 1) log(1 - rho) + log(1 + (H - 1) rho)."""
+    if rho == 0.0:
+        return gaussian_log_prob(x, mean, std)
+    h = x.shape[1]
+    z = (x - mean) / std
+    quadratic = (z.pow(2).sum(1) - rho / (1 + (h - 1) * rho) * z.sum(1).pow(2)) / (1 - rho)  # (B, A)
+    log_det = (h - 1) * math.log(1 - rho) + math.log(1 + (h - 1) * rho)
+    return (-0.5 * (quadratic + log_det)).sum(-1) - std.log().flatten(1).sum(-1) - LOG_SQRT_2PI * z[0].numel()
+
+
+def correlate(z: torch.Tensor, rho: float) -> torch.Tensor:
+    """Standard normal z (..., H, A), independent, -> noise with correlation rho between any two of the H
+    time steps (per action dimension), through the symmetric square root of rho 11^T + (1 - rho) I."""
+    if rho == 0.0:
+        return z
+    h = z.shape[-2]
+    shared = (math.sqrt(1 + (h - 1) * rho) - math.sqrt(1 - rho)) / h
+    return math.sqrt(1 - rho) * z + shared * z.sum(-2, keepdim=True)
+
+
 class StochasticChain(nn.Module):
     """A head's denoising chain with Gaussian transitions (see the module docstring).
 
@@ -77,11 +109,13 @@ class StochasticChain(nn.Module):
     """
 
     def __init__(self, head: ActionHead, steps: int, pooled_dim: int, std_min: float, std_max: float,
-                 clip: float = 1.0, scored: slice | None = None):
+                 clip: float = 1.0, scored: slice | None = None, correlation: float = 0.0):
         super().__init__()
         if steps < 1:
             raise ValueError(f"a denoising chain needs >= 1 step, got {steps}")
-        self.head, self.steps, self.clip = head, steps, clip
+        if not 0.0 <= correlation < 1.0:
+            raise ValueError(f"noise correlation must be in [0, 1), got {correlation}")
+        self.head, self.steps, self.clip, self.correlation = head, steps, clip, correlation
         self.scored = scored if scored is not None else slice(None)
         self.noise = NoiseNet(head.horizon, head.action_dim, pooled_dim, std_min, std_max)
 
@@ -93,7 +127,7 @@ class StochasticChain(nn.Module):
     def transition_log_prob(self, x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         """log N(x_next; mean, std^2) over the scored time steps of the chunk: (B,)."""
         s = self.scored
-        return gaussian_log_prob(x_next[:, s], mean[:, s], std[:, s])
+        return equicorrelated_log_prob(x_next[:, s], mean[:, s], std[:, s], self.correlation)
 
     def level(self, k: int) -> float:
         """The noise level of x_k in [0, 1] (1: pure noise), the noise network's time input."""
@@ -128,7 +162,7 @@ class StochasticChain(nn.Module):
         prepared = self.head.denoiser.prepare(cond)
         for k in range(self.steps):
             mean, std, _ = self.step(x, k, cond, prepared)
-            x = mean + std * noise[:, k + 1]
+            x = mean + std * correlate(noise[:, k + 1], self.correlation)
             log_prob += self.transition_log_prob(x, mean, std)
             chain.append(x)
         return torch.stack(chain, dim=1), log_prob
@@ -171,8 +205,8 @@ class DiffusionChain(StochasticChain):
     head: DiffusionHead
 
     def __init__(self, head: DiffusionHead, steps: int, pooled_dim: int, std_min: float, std_max: float,
-                 clip: float = 1.0, scored: slice | None = None):
-        super().__init__(head, steps, pooled_dim, std_min, std_max, clip, scored)
+                 clip: float = 1.0, scored: slice | None = None, correlation: float = 0.0):
+        super().__init__(head, steps, pooled_dim, std_min, std_max, clip, scored, correlation)
         ddim = DDIMScheduler.from_config(head.noise_scheduler.config)  # the head's DDIM sampler's timesteps
         ddim.set_timesteps(steps)
         timesteps = ddim.timesteps.long()
@@ -199,10 +233,11 @@ CHAINS: dict[type, type[StochasticChain]] = {FlowHead: FlowChain, DiffusionHead:
 
 
 def make_chain(head: ActionHead, steps: int, pooled_dim: int, std_min: float, std_max: float,
-               clip: float = 1.0, scored: slice | None = None) -> StochasticChain:
+               clip: float = 1.0, scored: slice | None = None, correlation: float = 0.0) -> StochasticChain:
     """The stochastic chain of a flow or diffusion head (ACT has no denoising chain to fine-tune);
-    `scored`: the chunk's time steps its likelihood counts (None: all)."""
+    `scored`: the chunk's time steps its likelihood counts (None: all); `correlation`: of the noise
+    across the chunk's time steps."""
     kind = CHAINS.get(type(head))
     if kind is None:
         raise TypeError(f"RL fine-tuning needs a flow or diffusion head (a denoising chain), not {type(head).__name__}")
-    return kind(head, steps, pooled_dim, std_min, std_max, clip, scored)
+    return kind(head, steps, pooled_dim, std_min, std_max, clip, scored, correlation)

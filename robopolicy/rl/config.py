@@ -59,6 +59,9 @@ class FinetuneConfig:
     n_action_steps: int | None = None
     std_min: float = 0.05  # exploration noise bounds, in normalized action units ([-1, 1] = the data's range)
     std_max: float = 0.20
+    # correlation of the exploration noise between any two time steps of a chunk (per action dimension):
+    # 0 independent; near 1 mostly one offset per chunk (robopolicy/rl/chain.py)
+    noise_correlation: float = 0.0
     reward: Literal["success", "env"] = "success"  # or the env's own (possibly shaped) reward, summed per chunk
     # with reward: success, plus this times the env's own reward summed over the chunk: a dense hint
     # (e.g. robosuite's staged reward, env_kwargs.reward_shaping: true) kept small enough that
@@ -93,5 +96,7 @@ class FinetuneConfig:
             raise ValueError(f"denoising_steps must be >= 1, got {self.denoising_steps}")
         if self.validation_episodes < 0 or self.validation_every < 1:
             raise ValueError("validation_episodes must be >= 0 and validation_every >= 1")
+        if not 0 <= self.noise_correlation < 1:
+            raise ValueError(f"noise_correlation must be in [0, 1), got {self.noise_correlation}")
         if not 0 < self.std_min <= self.std_max:
             raise ValueError(f"need 0 < std_min <= std_max, got {self.std_min}, {self.std_max}")

@@ -74,7 +74,8 @@ class Learner:
             scored = slice(policy.chunk_start, policy.chunk_start + policy.config.n_action_steps)
         try:
             self.chain: StochasticChain = make_chain(policy.head, cfg.denoising_steps, policy.encoder.pooled_dim,
-                                                     cfg.std_min, cfg.std_max, scored=scored)
+                                                     cfg.std_min, cfg.std_max, scored=scored,
+                                                     correlation=cfg.noise_correlation)
         except TypeError as err:
             raise ConfigError(f"{cfg.checkpoint}: {err}") from None
         self.critic = ValueNet(policy.encoder.pooled_dim)
