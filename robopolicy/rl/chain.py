@@ -125,7 +125,8 @@ class StochasticChain(nn.Module):
         return len(range(self.head.horizon)[self.scored]) * self.head.action_dim
 
     def transition_log_prob(self, x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        """log N(x_next; mean, std^2) over the scored time steps of the chunk: (B,)."""
+        """log N(x_next; mean, std^2), correlated across time as `correlation` says, over the scored time
+        steps of the chunk: (B,)."""
         s = self.scored
         return equicorrelated_log_prob(x_next[:, s], mean[:, s], std[:, s], self.correlation)
 
@@ -149,7 +150,8 @@ class StochasticChain(nn.Module):
         log-likelihood (B,), summed over the transitions as it is sampled (no second pass).
 
         `noise` (B, K + 1, H, A), standard normal, replaces the draws from `generator`: the start
-        and every transition's standardized noise (so a batch and its rows one by one agree).
+        and every transition's independent draws, before `correlate` (so a batch and its rows one by one
+        agree).
         """
         b, device = cond.batch_size, cond.pooled.device
         shape = (b, self.steps + 1, self.head.horizon, self.head.action_dim)
