@@ -175,3 +175,42 @@ def test_feature_map_tokens_one_per_cell_each_from_its_own_cell(dataset, tmp_pat
     chunk = policy.predict_chunk(obs)
     policy.save(tmp_path / "ckpt")
     np.testing.assert_allclose(Policy.load(tmp_path / "ckpt").predict_chunk(obs), chunk, atol=1e-6)
+
+
+def test_trunk_without_normalization_layers_trains_saves_and_acts(dataset, tmp_path):
+    """vision.norm: none builds the trunk with no normalization layer at all (what LeRobot's ACT
+    computes with a from-scratch ResNet whose BatchNorm is frozen at its initial statistics); the
+    default keeps GroupNorm; a policy on the bare trunk trains, saves and acts the same after loading."""
+    from robopolicy.structs import from_dict
+
+    with pytest.raises(ConfigError, match="norm"):
+        from_dict(EncoderConfig, {"vision": {"norm": "batch"}}, "policy.encoder")
+
+    def norm_layers(policy):
+        return [m for m in policy.encoder.modules() if isinstance(m, (torch.nn.GroupNorm, torch.nn.BatchNorm2d))]
+
+    torch.manual_seed(0)
+    assert norm_layers(Policy.from_dataset(small_config("act"), dataset))  # the default: GroupNorm
+    cfg = small_config("act")
+    cfg.encoder.vision.norm = "none"
+    policy = Policy.from_dataset(cfg, dataset)
+    assert norm_layers(policy) == []
+    from robopolicy.data.windows import WindowedDataset, WindowSpec
+
+    pc = policy.config
+    spec = WindowSpec(n_obs_steps=pc.n_obs_steps, horizon=pc.horizon, action_offset=pc.first_action_offset)
+    batch = WindowedDataset(dataset, spec.deltas(policy.training_keys)).get_batch(list(range(0, 64, 4)))
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    first = float(policy(batch)["loss"].detach())
+    for _ in range(30):
+        optimizer.zero_grad()
+        policy(batch)["loss"].backward()
+        optimizer.step()
+    assert float(policy(batch)["loss"].detach()) < 0.7 * first
+    policy.eval()
+    obs = observation(dataset, 100, pc.n_obs_steps)
+    chunk = policy.predict_chunk(obs)
+    policy.save(tmp_path / "ckpt")
+    loaded = Policy.load(tmp_path / "ckpt")
+    assert loaded.config.encoder.vision.norm == "none" and norm_layers(loaded) == []
+    np.testing.assert_allclose(loaded.predict_chunk(obs), chunk, atol=1e-6)

@@ -25,6 +25,9 @@ class VisionConfig:
     """
 
     backbone: Literal["resnet18", "small_cnn"] = "resnet18"
+    # the trunk's normalization layers: "group" (GroupNorm, no running statistics) or "none" (what a
+    # from-scratch ResNet with BatchNorm frozen at its initial statistics computes: LeRobot's ACT)
+    norm: Literal["group", "none"] = "group"
     shared: bool = True  # one trunk for all cameras (else one per camera)
     num_keypoints: int = 32
     tokens: Literal["keypoints", "feature_map"] = "keypoints"

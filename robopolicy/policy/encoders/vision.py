@@ -2,7 +2,9 @@
 
 ResNet-18 normally carries BatchNorm, whose running statistics drift badly when a policy trains
 from scratch with small batches and EMA weights; GroupNorm has no running statistics, so it is
-swapped in (as diffusion_policy does). Spatial softmax turns each feature map into the expected
+swapped in (as diffusion_policy does). `vision.norm: none` drops the normalization layers
+instead: a from-scratch ResNet whose BatchNorm is frozen at its initial statistics (LeRobot's ACT)
+computes exactly that, so this reproduces that network. Spatial softmax turns each feature map into the expected
 image coordinates of K learned keypoints — a compact, position-aware summary that suits control.
 Training crops a random window (data augmentation); inference crops the center.
 
@@ -46,9 +48,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def resnet18_groupnorm(pretrained_path: str | None = None) -> nn.Module:
-    """ResNet-18 without its pooling / classifier, GroupNorm(16 channels per group) everywhere."""
-    net = torchvision.models.resnet18(weights=None, norm_layer=lambda c: nn.GroupNorm(max(c // 16, 1), c))
+def norm_layer(norm: str, groups: Callable[[int], int]) -> Callable[[int], nn.Module]:
+    """The trunk's normalization for `channels`: GroupNorm with `groups(channels)` groups, or none."""
+    if norm == "none":
+        return lambda channels: nn.Identity()
+    return lambda channels: nn.GroupNorm(groups(channels), channels)
+
+
+def resnet18_groupnorm(pretrained_path: str | None = None, norm: str = "group") -> nn.Module:
+    """ResNet-18 without its pooling / classifier, GroupNorm(16 channels per group) everywhere
+    (or no normalization with norm="none")."""
+    net = torchvision.models.resnet18(weights=None, norm_layer=norm_layer(norm, lambda c: max(c // 16, 1)))
     if pretrained_path:
         try:  # weights only: a pickle that carries code is refused, never run
             with warnings.catch_warnings():  # torch warns before refusing; the error below says it all
@@ -66,11 +76,12 @@ def resnet18_groupnorm(pretrained_path: str | None = None) -> nn.Module:
     return nn.Sequential(*list(net.children())[:-2])  # (B, 512, H/32, W/32)
 
 
-def small_cnn() -> nn.Module:
+def small_cnn(norm: str = "group") -> nn.Module:
     """A light trunk for CPU training: 4 convs, stride 8 overall, 128 channels."""
+    make_norm = norm_layer(norm, lambda c: 8)
 
     def block(cin, cout, stride):
-        return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(8, cout), nn.Mish()]
+        return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), make_norm(cout), nn.Mish()]
 
     return nn.Sequential(*block(3, 32, 2), *block(32, 64, 2), *block(64, 128, 2), *block(128, 128, 1))
 
@@ -85,8 +96,8 @@ class Backbone:
 
 
 BACKBONES = {
-    "resnet18": Backbone(lambda cfg: resnet18_groupnorm(cfg.pretrained_path), channels=512, stride=32),
-    "small_cnn": Backbone(lambda cfg: small_cnn(), channels=128, stride=8),
+    "resnet18": Backbone(lambda cfg: resnet18_groupnorm(cfg.pretrained_path, cfg.norm), channels=512, stride=32),
+    "small_cnn": Backbone(lambda cfg: small_cnn(cfg.norm), channels=128, stride=8),
 }
 
 
