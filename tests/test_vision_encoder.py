@@ -10,6 +10,35 @@ from robopolicy.policy.config import EncoderConfig
 from robopolicy.policy.policy import Policy
 
 
+def training_batch(policy, dataset):
+    """16 training windows of `dataset` shaped as `policy` reads them."""
+    from robopolicy.data.windows import WindowedDataset, WindowSpec
+
+    pc = policy.config
+    spec = WindowSpec(n_obs_steps=pc.n_obs_steps, horizon=pc.horizon, action_offset=pc.first_action_offset)
+    return WindowedDataset(dataset, spec.deltas(policy.training_keys)).get_batch(list(range(0, 64, 4)))
+
+
+def assert_trains_saves_and_acts(policy, dataset, tmp_path):
+    """30 Adam steps on one batch cut its loss by 30%; the saved policy predicts the same chunk once
+    loaded. Returns the loaded policy."""
+    batch = training_batch(policy, dataset)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    first = float(policy(batch)["loss"].detach())
+    for _ in range(30):
+        optimizer.zero_grad()
+        policy(batch)["loss"].backward()
+        optimizer.step()
+    assert float(policy(batch)["loss"].detach()) < 0.7 * first
+    policy.eval()
+    obs = observation(dataset, 100, policy.config.n_obs_steps)
+    chunk = policy.predict_chunk(obs)
+    policy.save(tmp_path / "ckpt")
+    loaded = Policy.load(tmp_path / "ckpt")
+    np.testing.assert_allclose(loaded.predict_chunk(obs), chunk, atol=1e-6)
+    return loaded
+
+
 def test_cameras_conditioned_on_the_instruction_see_it(dataset):
     """vision.language_film: what the keypoints report depends on the instruction, and it trains."""
     import dataclasses
@@ -155,26 +184,12 @@ def test_feature_map_tokens_one_per_cell_each_from_its_own_cell(dataset, tmp_pat
     policy = Policy.from_dataset(cfg, dataset)
     encoder = policy.encoder
     assert encoder.tokens_per_step == 2 * 9 + 1  # 2 cameras of 9 cells, then the state
-    from robopolicy.data.windows import WindowedDataset, WindowSpec
-
     pc = policy.config
-    spec = WindowSpec(n_obs_steps=pc.n_obs_steps, horizon=pc.horizon, action_offset=pc.first_action_offset)
-    batch = WindowedDataset(dataset, spec.deltas(policy.training_keys)).get_batch(list(range(0, 64, 4)))
+    batch = training_batch(policy, dataset)
     cond = encoder(policy.normalizer.normalize_batch(batch))
     assert cond.tokens.shape == (16, encoder.num_tokens, pc.encoder.dim)
     assert encoder.num_tokens == (2 * 9 + 1) * pc.n_obs_steps
-    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
-    first = float(policy(batch)["loss"].detach())
-    for _ in range(30):
-        optimizer.zero_grad()
-        policy(batch)["loss"].backward()
-        optimizer.step()
-    assert float(policy(batch)["loss"].detach()) < 0.7 * first  # the head and the auxiliary read-out learn from the cells
-    policy.eval()
-    obs = observation(dataset, 100, pc.n_obs_steps)
-    chunk = policy.predict_chunk(obs)
-    policy.save(tmp_path / "ckpt")
-    np.testing.assert_allclose(Policy.load(tmp_path / "ckpt").predict_chunk(obs), chunk, atol=1e-6)
+    assert_trains_saves_and_acts(policy, dataset, tmp_path)  # the head and the auxiliary read-out learn from the cells
 
 
 def test_trunk_without_normalization_layers_trains_saves_and_acts(dataset, tmp_path):
@@ -195,22 +210,5 @@ def test_trunk_without_normalization_layers_trains_saves_and_acts(dataset, tmp_p
     cfg.encoder.vision.norm = "none"
     policy = Policy.from_dataset(cfg, dataset)
     assert norm_layers(policy) == []
-    from robopolicy.data.windows import WindowedDataset, WindowSpec
-
-    pc = policy.config
-    spec = WindowSpec(n_obs_steps=pc.n_obs_steps, horizon=pc.horizon, action_offset=pc.first_action_offset)
-    batch = WindowedDataset(dataset, spec.deltas(policy.training_keys)).get_batch(list(range(0, 64, 4)))
-    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
-    first = float(policy(batch)["loss"].detach())
-    for _ in range(30):
-        optimizer.zero_grad()
-        policy(batch)["loss"].backward()
-        optimizer.step()
-    assert float(policy(batch)["loss"].detach()) < 0.7 * first
-    policy.eval()
-    obs = observation(dataset, 100, pc.n_obs_steps)
-    chunk = policy.predict_chunk(obs)
-    policy.save(tmp_path / "ckpt")
-    loaded = Policy.load(tmp_path / "ckpt")
+    loaded = assert_trains_saves_and_acts(policy, dataset, tmp_path)
     assert loaded.config.encoder.vision.norm == "none" and norm_layers(loaded) == []
-    np.testing.assert_allclose(loaded.predict_chunk(obs), chunk, atol=1e-6)

@@ -4,8 +4,9 @@ ResNet-18 normally carries BatchNorm, whose running statistics drift badly when 
 from scratch with small batches and EMA weights; GroupNorm has no running statistics, so it is
 swapped in (as diffusion_policy does). `vision.norm: none` drops the normalization layers
 instead: a from-scratch ResNet whose BatchNorm is frozen at its initial statistics (LeRobot's ACT)
-computes exactly that, so this reproduces that network. Spatial softmax turns each feature map into the expected
-image coordinates of K learned keypoints — a compact, position-aware summary that suits control.
+computes exactly that, so this reproduces that network. Spatial softmax turns each feature map
+into the expected image coordinates of K learned keypoints — a compact, position-aware summary
+that suits control.
 Training crops a random window (data augmentation); inference crops the center.
 
 With `tokens: feature_map` an image is not summarized into one token: its feature map, average-pooled
@@ -55,7 +56,7 @@ def norm_layer(norm: str, groups: Callable[[int], int]) -> Callable[[int], nn.Mo
     return lambda channels: nn.GroupNorm(groups(channels), channels)
 
 
-def resnet18_groupnorm(pretrained_path: str | None = None, norm: str = "group") -> nn.Module:
+def resnet18_trunk(pretrained_path: str | None = None, norm: str = "group") -> nn.Module:
     """ResNet-18 without its pooling / classifier, GroupNorm(16 channels per group) everywhere
     (or no normalization with norm="none")."""
     net = torchvision.models.resnet18(weights=None, norm_layer=norm_layer(norm, lambda c: max(c // 16, 1)))
@@ -96,7 +97,7 @@ class Backbone:
 
 
 BACKBONES = {
-    "resnet18": Backbone(lambda cfg: resnet18_groupnorm(cfg.pretrained_path, cfg.norm), channels=512, stride=32),
+    "resnet18": Backbone(lambda cfg: resnet18_trunk(cfg.pretrained_path, cfg.norm), channels=512, stride=32),
     "small_cnn": Backbone(lambda cfg: small_cnn(cfg.norm), channels=128, stride=8),
 }
 
