@@ -19,10 +19,10 @@ def training_batch(policy, dataset):
     return WindowedDataset(dataset, spec.deltas(policy.training_keys)).get_batch(list(range(0, 64, 4)))
 
 
-def assert_trains_saves_and_acts(policy, dataset, tmp_path):
-    """30 Adam steps on one batch cut its loss by 30%; the saved policy predicts the same chunk once
-    loaded. Returns the loaded policy."""
-    batch = training_batch(policy, dataset)
+def assert_trains_saves_and_acts(policy, dataset, tmp_path, batch=None):
+    """30 Adam steps on one batch (`batch`, or `training_batch`'s) cut its loss by 30%; the saved
+    policy predicts the same chunk once loaded. Returns the loaded policy."""
+    batch = training_batch(policy, dataset) if batch is None else batch
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
     first = float(policy(batch)["loss"].detach())
     for _ in range(30):
@@ -189,7 +189,7 @@ def test_feature_map_tokens_one_per_cell_each_from_its_own_cell(dataset, tmp_pat
     cond = encoder(policy.normalizer.normalize_batch(batch))
     assert cond.tokens.shape == (16, encoder.num_tokens, pc.encoder.dim)
     assert encoder.num_tokens == (2 * 9 + 1) * pc.n_obs_steps
-    assert_trains_saves_and_acts(policy, dataset, tmp_path)  # the head and the auxiliary read-out learn from the cells
+    assert_trains_saves_and_acts(policy, dataset, tmp_path, batch)  # the head and the auxiliary read-out learn from the cells
 
 
 def test_trunk_without_normalization_layers_trains_saves_and_acts(dataset, tmp_path):
