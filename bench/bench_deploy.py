@@ -1,9 +1,10 @@
 """Deployment figures: loop timing under async inference, deploy-vs-eval success, server round trip.
 
   python bench/bench_deploy.py --checkpoint runs/quickstart_lift/checkpoints/last [--episodes 20]
+      [--env robosuite/Lift] [--strategies sync,async,rtc]
 
-1. The control loop on SimRobot(robosuite/Lift) at 20 Hz and 50 Hz for `--seconds`, each strategy,
-   with inference slowed to 50-100 ms per chunk (`--inference-steps`): period error p50/p99,
+1. The control loop on SimRobot(--env, robosuite/Lift by default) at 20 Hz and 50 Hz for `--seconds`,
+   each strategy, with inference slowed to 50-100 ms per chunk (`--inference-steps`): period error p50/p99,
    missed actions, missed deadlines.
 2. Task success of deployments (the real-time loop on SimRobot, async and RTC) on the evaluation
    seeds, next to offline `robopolicy eval` on the same seeds.
@@ -24,18 +25,18 @@ import numpy as np
 from benchlib import machine
 
 
-def loop_timing(checkpoint: str, hz: float, strategy: str, seconds: float, inference_steps: int) -> dict:
+def loop_timing(checkpoint: str, env: str, hz: float, strategy: str, seconds: float, inference_steps: int) -> dict:
     from robopolicy.deploy.run import deploy
     from robopolicy.deploy.sim_robot import SimRobot
     from robopolicy.policy.policy import Policy
 
     policy = Policy.load(checkpoint)
-    report = deploy(policy, SimRobot("robosuite/Lift", seed=100_000), hz=hz, duration_s=seconds, strategy=strategy,
+    report = deploy(policy, SimRobot(env, seed=100_000), hz=hz, duration_s=seconds, strategy=strategy,
                     inference_steps=inference_steps, stop_when_done=False)
     return report.summary()
 
 
-def deploy_success(checkpoint: str, episodes: int, strategy: str) -> tuple[int, int]:
+def deploy_success(checkpoint: str, env: str, episodes: int, strategy: str) -> tuple[int, int]:
     from robopolicy.deploy.run import deploy
     from robopolicy.deploy.sim_robot import SimRobot
     from robopolicy.policy.policy import Policy
@@ -44,22 +45,22 @@ def deploy_success(checkpoint: str, episodes: int, strategy: str) -> tuple[int, 
     wins = 0
     for i in range(episodes):
         seed = 100_000 + i
-        report = deploy(policy, SimRobot("robosuite/Lift", seed=seed), hz=20, strategy=strategy, seed=seed)
+        report = deploy(policy, SimRobot(env, seed=seed), hz=20, strategy=strategy, seed=seed)
         wins += bool(report.success)
     return wins, episodes
 
 
-def offline_success(checkpoint: str, episodes: int) -> tuple[int, int]:
+def offline_success(checkpoint: str, env: str, episodes: int) -> tuple[int, int]:
     from robopolicy.evaluate.config import EvalConfig
     from robopolicy.evaluate.evaluator import evaluate
 
     with tempfile.TemporaryDirectory() as out:
-        s = evaluate(checkpoint, "robosuite/Lift", EvalConfig(env="robosuite/Lift", episodes=episodes, workers=2,
+        s = evaluate(checkpoint, env, EvalConfig(env=env, episodes=episodes, workers=2,
                                                                videos=0), out, progress=False).summary
     return s["successes"], s["episodes"]
 
 
-def server_round_trip(checkpoint: str, requests: int = 100) -> dict:
+def server_round_trip(checkpoint: str, env_name: str, requests: int = 100) -> dict:
     import torch
 
     from robopolicy.deploy.client import PolicyClient
@@ -70,7 +71,7 @@ def server_round_trip(checkpoint: str, requests: int = 100) -> dict:
     policy = Policy.load(checkpoint)
     server = PolicyServer(policy, token="bench", port=0).start()
     client = PolicyClient(f"ws://127.0.0.1:{server.port}", "bench")
-    env = make_env("robosuite/Lift")
+    env = make_env(env_name)
     obs, _ = env.reset(seed=0)
     gen = torch.Generator().manual_seed(0)
     total, local = [], []
@@ -90,6 +91,8 @@ def server_round_trip(checkpoint: str, requests: int = 100) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--env", default="robosuite/Lift", help="the simulated robot's env (and the offline eval's)")
+    parser.add_argument("--strategies", default="sync,async,rtc", help="deployment strategies to run, comma-separated")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--inference-steps", type=int, default=10)
     parser.add_argument("--episodes", type=int, default=20)
@@ -98,23 +101,24 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
     results: dict = {"command": "python bench/bench_deploy.py " + " ".join(sys.argv[1:]), "machine": machine(),
-                     "checkpoint": args.checkpoint, "loop": [], "success": {}}
+                     "checkpoint": args.checkpoint, "env": args.env, "loop": [], "success": {}}
     parts = set(args.parts.split(","))
+    strategies = args.strategies.split(",")
     for hz in (20, 50) if "loop" in parts else ():
-        for strategy in ("sync", "async", "rtc"):
-            s = loop_timing(args.checkpoint, hz, strategy, args.seconds, args.inference_steps)
+        for strategy in strategies:
+            s = loop_timing(args.checkpoint, args.env, hz, strategy, args.seconds, args.inference_steps)
             row = {"hz": hz, "strategy": strategy, **{k: s[k] for k in ("steps", "period_error_ms_p50",
                    "period_error_ms_p99", "period_error_ms_max", "missed_actions", "missed_deadlines")},
                    "inference_ms_p50": s["inference"]["latency_ms_p50"], "inference_ms_p99": s["inference"]["latency_ms_p99"]}
             results["loop"].append(row)
             print(json.dumps(row), flush=True)
     if "success" in parts:
-        results["success"]["offline_eval"] = offline_success(args.checkpoint, args.episodes)
-        for strategy in ("sync", "async", "rtc"):
-            results["success"][f"deploy_{strategy}"] = deploy_success(args.checkpoint, args.episodes, strategy)
+        results["success"]["offline_eval"] = offline_success(args.checkpoint, args.env, args.episodes)
+        for strategy in strategies:
+            results["success"][f"deploy_{strategy}"] = deploy_success(args.checkpoint, args.env, args.episodes, strategy)
         print(json.dumps(results["success"]), flush=True)
     if "server" in parts:
-        results["server"] = server_round_trip(args.checkpoint)
+        results["server"] = server_round_trip(args.checkpoint, args.env)
         print(json.dumps(results["server"]), flush=True)
     args.out.parent.mkdir(exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
