@@ -115,7 +115,8 @@ def main() -> None:
     if "success" in parts:
         results["success"]["offline_eval"] = offline_success(args.checkpoint, args.env, args.episodes)
         for strategy in strategies:
-            results["success"][f"deploy_{strategy}"] = deploy_success(args.checkpoint, args.env, args.episodes, strategy)
+            wins = deploy_success(args.checkpoint, args.env, args.episodes, strategy)
+            results["success"][f"deploy_{strategy}"] = wins
         print(json.dumps(results["success"]), flush=True)
     if "server" in parts:
         results["server"] = server_round_trip(args.checkpoint, args.env)
