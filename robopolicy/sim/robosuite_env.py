@@ -9,8 +9,9 @@ Panda arm, robosuite's default controller (OSC_POSE: deltas [dx, dy, dz, droll, 
     observation.images.wrist       eye-in-hand camera, uint8 (H, W, 3), upright
 
 robosuite renders with OpenGL's origin at the bottom, so images are flipped to be upright — the
-same orientation as the LeRobot fixtures. Multi-sample anti-aliasing is switched off: it roughly
-doubles camera-observation speed on CPUs and does not change what a policy can see at 84x84.
+same orientation as the LeRobot fixtures. Offscreen frames keep robosuite's 4x multi-sample
+anti-aliasing (its render context exists before any setting of ours could change it), so they are
+robosuite's own frames.
 `reset(seed=s)` reseeds robosuite's generator, so an episode's initial state is a function of s.
 
 Camera observations are rendered with exact shortcuts (robopolicy/sim/robosuite_render.py): on a
@@ -185,8 +186,7 @@ class RobosuiteEnv(gym.Env):
             stack.extend(getattr(s, "samplers", {}).values())
 
     def _configure_offscreen_rendering(self) -> None:
-        """No MSAA; render shortcuts for cameras that cannot see the floor (module docstring)."""
-        self.raw.sim.model.vis.quality.offsamples = 0
+        """Exact render shortcuts for the cameras (module docstring)."""
         if self.cameras and self.skip_hidden_reflections:
             self._install_render_shortcuts()
 
