@@ -150,6 +150,14 @@ def _floor_view(sim) -> _FloorView | None:
 
 
 # ---------------------------------------------------------------------------------------- geometry
+def _render_camera(scn):
+    """The camera mjr_render draws a mono image with: the average of the scene's two stereo eyes, which
+    mjv_updateScene places half an inter-pupillary distance to either side of it."""
+    import mujoco
+
+    return mujoco.mjv_averageCamera(scn.camera[0], scn.camera[1])
+
+
 class _Frustum:
     """A perspective camera's view volume as six inward planes: the one mjr_render draws with, whose
     near-plane half-width follows the viewport's aspect ratio."""
@@ -226,9 +234,10 @@ class _FloorView:
         directly nor in the floor's reflection."""
         import mujoco
 
-        if scn.camera[0].orthographic:
+        cam = _render_camera(scn)
+        if cam.orthographic:
             return
-        direct, mirror = self._hidden(_Frustum(scn.camera[0], aspect))
+        direct, mirror = self._hidden(_Frustum(cam, aspect))
         hidden = direct & mirror
         _keep_geoms(scn, lambda g: g.objtype != mujoco.mjtObj.mjOBJ_GEOM or not hidden[g.objid])
 
@@ -319,7 +328,7 @@ def _drop_hidden_geoms(scn, model, aspect: float, table_top: float) -> None:
     frustum."""
     import mujoco
 
-    cam = scn.camera[0]
+    cam = _render_camera(scn)
     if cam.orthographic:
         return
     view, plane_type, aabb = _Frustum(cam, aspect), mujoco.mjtGeom.mjGEOM_PLANE, model.geom_aabb
