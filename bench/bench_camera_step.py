@@ -2,13 +2,12 @@
 
   python bench/bench_camera_step.py [--env robosuite/Lift] [--episodes 3] [--seed 100000]
 
-Each episode is the scripted expert from one seed, run four times with the two 84x84 cameras
+Each episode is the scripted expert from one seed, run three times with the two 84x84 cameras
 (agentview + wrist): rendering every camera with MuJoCo's reflection pass and every geom (robosuite as
-it comes); skipping the pass for cameras that cannot see the floor; skipping, for those cameras, also
-every geom they cannot show; and leaving out, for cameras that see the floor, every geom that shows
-neither directly nor in the floor (robopolicy's default, robopolicy/sim/robosuite_render.py). The
+it comes); skipping the pass for cameras that cannot see the floor; and skipping, for those cameras,
+also every geom they cannot show (robopolicy's default, robopolicy/sim/robosuite_render.py). The
 expert and the physics do not depend on rendering, so the runs visit the same states and every frame
-of both cameras must be identical to the first run's. A fifth run without cameras gives the
+of both cameras must be identical to the first run's. A fourth run without cameras gives the
 simulator's own step time.
 Times are the median of env.step over all steps (expert time excluded), one process, one thread.
 Writes bench/results/camera_step_<env>.json.
@@ -27,13 +26,12 @@ from benchlib import machine, write_result
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 
-def run(env_name: str, seed: int, images: bool, skip: bool, cull: bool, floor: bool) -> tuple[list[float], list[dict]]:
+def run(env_name: str, seed: int, images: bool, skip: bool, cull: bool) -> tuple[list[float], list[dict]]:
     from robopolicy.sim.registry import make_env, make_expert
     from robopolicy.sim.robosuite_env import RobosuiteEnv
 
     RobosuiteEnv.skip_hidden_reflections = skip
     RobosuiteEnv.cull_outside_view = cull
-    RobosuiteEnv.cull_floor_view = floor
     env = make_env(env_name, images=images, image_size=84)
     expert = make_expert(env_name, env)
     obs, _ = env.reset(seed=seed)
@@ -62,11 +60,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    modes = {"all_reflections": dict(images=True, skip=False, cull=False, floor=False),
-             "hidden_reflections_skipped": dict(images=True, skip=True, cull=False, floor=False),
-             "hidden_reflections_and_geoms_skipped": dict(images=True, skip=True, cull=True, floor=False),
-             "floor_view_geoms_skipped": dict(images=True, skip=True, cull=True, floor=True),
-             "no_cameras": dict(images=False, skip=True, cull=True, floor=True)}
+    modes = {"all_reflections": dict(images=True, skip=False, cull=False),
+             "hidden_reflections_skipped": dict(images=True, skip=True, cull=False),
+             "hidden_reflections_and_geoms_skipped": dict(images=True, skip=True, cull=True),
+             "no_cameras": dict(images=False, skip=True, cull=True)}
     times = {mode: [] for mode in modes}
     frames = 0
     compared = {mode: 0 for mode in modes if mode not in ("all_reflections", "no_cameras")}

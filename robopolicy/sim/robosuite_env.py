@@ -14,9 +14,9 @@ anti-aliasing (its render context exists before any setting of ours could change
 robosuite's own frames.
 `reset(seed=s)` reseeds robosuite's generator, so an episode's initial state is a function of s.
 
-Camera observations are rendered with exact shortcuts (robopolicy/sim/robosuite_render.py): on a
-CPU, llvmpipe transforms every triangle of the scene for every camera, and MuJoCo's reflection pass
-draws the scene twice; a camera renders only what it can show, directly or in the floor.
+Camera observations are rendered with exact shortcuts (robopolicy/sim/robosuite_render.py): the
+wrist camera, whose view stays on the table, skips the floor's reflection pass and the geoms it
+cannot show.
 """
 
 from __future__ import annotations
@@ -193,8 +193,7 @@ class RobosuiteEnv(gym.Env):
     # ------------------------------------------------------------------ render shortcuts
     skip_hidden_reflections = True  # class-level switches: off renders every camera as robosuite does
     cull_outside_view = True  # with it: a camera that sees no floor draws only what it can show
-    cull_floor_view = True  # with it: a camera that sees the floor draws only what shows, directly or mirrored
 
     def _install_render_shortcuts(self) -> None:
         """Exact, cheaper offscreen renders (robopolicy/sim/robosuite_render.py)."""
-        install_render_shortcuts(self.raw.sim, cull=self.cull_outside_view, cull_floor_view=self.cull_floor_view)
+        install_render_shortcuts(self.raw.sim, cull=self.cull_outside_view)
