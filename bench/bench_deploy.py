@@ -6,8 +6,8 @@
 1. The control loop on SimRobot(--env, robosuite/Lift by default) at 20 Hz and 50 Hz for `--seconds`,
    each strategy, with inference slowed to 50-100 ms per chunk (`--inference-steps`): period error p50/p99,
    missed actions, missed deadlines.
-2. Task success of deployments (the real-time loop on SimRobot, async and RTC) on the evaluation
-   seeds, next to offline `robopolicy eval` on the same seeds.
+2. Task success of deployments (the real-time loop on SimRobot, each of `--strategies`) on the
+   evaluation seeds, next to offline `robopolicy eval` on the same seeds.
 3. Policy-server round trip on loopback: client-side request time vs server-side inference time.
 """
 
@@ -55,8 +55,8 @@ def offline_success(checkpoint: str, env: str, episodes: int) -> tuple[int, int]
     from robopolicy.evaluate.evaluator import evaluate
 
     with tempfile.TemporaryDirectory() as out:
-        s = evaluate(checkpoint, env, EvalConfig(env=env, episodes=episodes, workers=2,
-                                                               videos=0), out, progress=False).summary
+        s = evaluate(checkpoint, env, EvalConfig(env=env, episodes=episodes, workers=2, videos=0), out,
+                     progress=False).summary
     return s["successes"], s["episodes"]
 
 
