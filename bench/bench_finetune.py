@@ -5,9 +5,10 @@
 Runs the fine-tuning the config describes (robopolicy.rl.finetune; its run folder holds the
 learning curve, metrics.jsonl and the evaluation reports) and writes
 bench/results/finetune_<name>.json: env, head, success before and after on the same evaluation
-seeds, episodes, environment steps, wall seconds, machine and the command. `--resume` continues a
-stopped run (with `--set iterations=N` at or below the iterations done, it only scores the last
-checkpoint).
+seeds, episodes, environment steps, wall seconds, machine and the command, and the learning curve
+(`curve`: every iteration's rollout, PPO, validation and evaluation figures, read from the run folder's
+metrics.jsonl). `--resume` continues a stopped run (with `--set iterations=N` at or below the iterations
+done, it only scores the last checkpoint).
 """
 
 from __future__ import annotations
@@ -20,6 +21,19 @@ from pathlib import Path
 from benchlib import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CURVE_KEYS = ("env_steps", "wall_seconds", "rollout/success_rate", "rollout/return", "ppo/approx_kl",
+              "ppo/clip_fraction", "ppo/noise_std", "validation/success_rate", "eval/success_rate")
+
+
+def learning_curve(run_dir: Path) -> list[dict]:
+    """Every iteration's figures from the run's metrics.jsonl, one row per iteration (a step's rollout,
+    validation and evaluation lines merged), so the recorded curve regenerates with the same command."""
+    rows: dict[int, dict] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        row = rows.setdefault(entry["step"], {"step": entry["step"]})
+        row.update({key: entry[key] for key in CURVE_KEYS if key in entry})
+    return [rows[step] for step in sorted(rows)]
 
 
 def main() -> None:
@@ -34,7 +48,8 @@ def main() -> None:
     out = finetune(cfg, resume=args.resume)
     flags = "".join(f" --set {o}" for o in args.set) + (" --resume" if args.resume else "")
     record = {**out, "machine": machine(), "config": str(args.config), "overrides": args.set,
-              "command": f"python bench/bench_finetune.py {args.config}{flags}"}
+              "command": f"python bench/bench_finetune.py {args.config}{flags}",
+              "curve": learning_curve(Path(cfg.output_dir) / cfg.name)}
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"finetune_{cfg.name}.json"
     path.write_text(json.dumps(record, indent=1))
