@@ -147,6 +147,11 @@ class DiffusionConfig:
     scheduler: Literal["ddim", "ddpm"] = "ddim"
     num_inference_steps: int = 10
     clip_sample: bool = True
+    # which training timesteps a K-step sampler visits (diffusers' `timestep_spacing`): "leading" starts
+    # below the top level and ends at t = 0, a step the network barely changes (0, 25, 50, 75 for 4 of 100);
+    # "trailing" starts at the top and spends every step denoising (24, 49, 74, 99). Sampling only: the
+    # trained weights are the same.
+    timestep_spacing: Literal["leading", "trailing"] = "leading"
 
     def __post_init__(self):
         if self.num_train_timesteps < 1 or not 1 <= self.num_inference_steps <= self.num_train_timesteps:

@@ -28,7 +28,8 @@ class DiffusionHead(ActionHead):
         self.denoiser = build_denoiser(cfg.denoiser, action_dim, cfg.horizon, pooled_dim, token_dim)
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=self.cfg.num_train_timesteps, beta_schedule=self.cfg.beta_schedule,
-            clip_sample=self.cfg.clip_sample, prediction_type=self.cfg.prediction_type)
+            clip_sample=self.cfg.clip_sample, prediction_type=self.cfg.prediction_type,
+            timestep_spacing=self.cfg.timestep_spacing)
         self._samplers: dict[int, DDIMScheduler | DDPMScheduler] = {}
 
     def inference_networks(self) -> list[nn.Module]:
