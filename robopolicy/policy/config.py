@@ -150,7 +150,8 @@ class DiffusionConfig:
     # which training timesteps a K-step sampler visits (diffusers' `timestep_spacing`): "leading" starts
     # below the top level and ends at t = 0, a step the network barely changes (0, 25, 50, 75 for 4 of 100);
     # "trailing" starts at the top and spends every step denoising (24, 49, 74, 99). Sampling only: the
-    # trained weights are the same.
+    # trained weights are the same. Trailing sampled better in bench/RESULTS.md, but RL fine-tuning keeps
+    # leading: trailing's first step (alpha_bar ~0) makes PPO's likelihood ratios ill-conditioned.
     timestep_spacing: Literal["leading", "trailing"] = "leading"
 
     def __post_init__(self):
