@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from benchlib import machine, write_result
+from benchlib import command_line, machine, write_result
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -70,12 +70,10 @@ def main() -> None:
     print(f"{args.camera}: {len(shown)} geoms drawn, {triangles} mesh triangles; median ms per render: "
           + ", ".join(f"{k} {v:.1f}" for k, v in ms.items()))
     name = args.env.split("/")[-1].lower()
-    command = (f"python bench/bench_camera_render_cost.py --env {args.env} --camera {args.camera} "
-               f"--seed {args.seed} --repeats {args.repeats}")
     write_result(f"camera_render_cost_{name}_{args.camera}.json",
                  {"env": args.env, "camera": args.camera, "geoms_drawn": len(shown), "mesh_triangles": triangles,
                   "renders_per_case": len(times["84px_reflection_on"]), "ms_per_render": ms,
-                  "machine": machine(), "command": command})
+                  "machine": machine(), "command": command_line()})
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from benchlib import machine, success_figure, write_result
+from benchlib import command_line, machine, success_figure, write_result
 
 SPACINGS = ("leading", "trailing")
 
@@ -68,14 +68,10 @@ def main() -> None:
                 print(checkpoint.name, spacing, {k: v["successes"] for k, v in row.items() if k != "checkpoint"},
                       flush=True)
     name = args.name or args.checkpoints[0].parent.parent.name
-    command = (f"python bench/bench_timestep_spacing.py {' '.join(map(str, args.checkpoints))} --env {args.env}"
-               f" --steps {args.steps} --validation-episodes {args.validation_episodes}"
-               f" --validation-seed {args.validation_seed} --episodes {args.episodes} --seed {args.seed}"
-               + (f" --evaluate {' '.join(args.evaluate)}" if args.evaluate else "") + f" --name {name}")
     record = {"env": args.env, "inference_steps": args.steps,
               "validation_seeds": [args.validation_seed, args.validation_seed + args.validation_episodes - 1],
               "evaluation_seeds": [args.seed, args.seed + args.episodes - 1], "checkpoints": rows,
-              "machine": machine(), "command": command}
+              "machine": machine(), "command": command_line()}
     write_result(f"timestep_spacing_{name}.json", record)
 
 
