@@ -53,6 +53,40 @@ def test_flow_chain_log_prob_is_the_gaussian_density_of_each_euler_step(toy_poli
         assert abs(float(z.mean())) < 0.5 and 0.6 < float(z.std()) < 1.4
 
 
+def test_only_the_last_stochastic_steps_get_noise_and_a_likelihood(toy_policy):
+    """With stochastic=2 of 4 steps the chain starts as the deterministic sampler (no noise, whatever
+    the draws) and the likelihood is the Gaussian density of the last two transitions alone."""
+    policy = toy_policy
+    chain = make_chain(policy.head, 4, policy.encoder.pooled_dim, 0.05, 0.2, stochastic=2)
+    assert list(chain.stochastic_steps) == [2, 3]
+    with torch.no_grad():
+        cond = policy.encode(policy.observation_batches(toy_windows(policy, 3)))
+        noise = torch.randn(3, 5, policy.head.horizon, policy.head.action_dim, generator=torch.Generator().manual_seed(1))
+        chains, sampled = chain.sample(cond, noise=noise)
+        other = noise.clone()
+        other[:, 1:3] = torch.randn_like(other[:, 1:3])  # draws the deterministic steps must ignore
+        chains2, _ = chain.sample(cond, noise=other)
+        out = chain.log_prob(cond, chains)
+    torch.testing.assert_close(chains2, chains)
+    x = chains[:, 0]
+    for k in range(2):  # the prefix: the deterministic Euler steps
+        with torch.no_grad():
+            v = policy.head.denoiser(x, torch.full((3,), (1.0 - k / 4) * 1000.0), cond)
+        x = (x - v / 4).clamp(-1, 1)
+        torch.testing.assert_close(chains[:, k + 1], x, atol=1e-5, rtol=1e-5)
+    assert out["log_prob"].shape == (3, 2) and out["outputs"].shape[1] == 2
+    torch.testing.assert_close(out["log_prob"].sum(-1), sampled, atol=1e-4, rtol=1e-6)
+    for j, k in enumerate((2, 3)):
+        x = chains[:, k]
+        with torch.no_grad():
+            v = policy.head.denoiser(x, torch.full((3,), (1.0 - k / 4) * 1000.0), cond)
+            std = chain.noise(x, torch.full((3,), 1.0 - k / 4), cond.pooled)
+        direct = torch.distributions.Normal((x - v / 4).clamp(-1, 1), std).log_prob(chains[:, k + 1]).flatten(1).sum(-1)
+        torch.testing.assert_close(out["log_prob"][:, j], direct, atol=1e-3, rtol=1e-5)
+    with pytest.raises(ValueError, match="stochastic steps"):
+        make_chain(policy.head, 4, policy.encoder.pooled_dim, 0.05, 0.2, stochastic=5)
+
+
 def test_chain_likelihood_counts_only_the_scored_actions(toy_policy):
     """With `scored`, a transition's log-likelihood is the Gaussian density of the executed actions only."""
     policy = toy_policy
@@ -168,9 +202,11 @@ def test_chunk_envs_in_workers_step_like_envs_in_process(toy_policy):
     assert any(step0[i].steps == 4 for i in range(3))
 
 
-def test_ratio_is_one_at_the_start_of_an_update(toy_policy, toy_checkpoint):
+@pytest.mark.parametrize("stochastic", [None, 1])
+def test_ratio_is_one_at_the_start_of_an_update(toy_policy, toy_checkpoint, stochastic):
     policy = Policy.load(toy_checkpoint)
-    learner = Learner(policy, FinetuneConfig(checkpoint=str(toy_checkpoint), denoising_steps=3))
+    learner = Learner(policy, FinetuneConfig(checkpoint=str(toy_checkpoint), denoising_steps=3,
+                                             stochastic_steps=stochastic))
     windows = toy_windows(policy, 4, seed=3)
     chains, log_probs, _, _ = learner.act(windows, torch.Generator().manual_seed(0))
     cond = policy.encode(policy.observation_batches(windows))

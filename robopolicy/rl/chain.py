@@ -21,6 +21,15 @@ correction a chunk that misses its target by a few centimetres needs, instead of
 that averages out over the executed actions. The likelihood is that multivariate Gaussian's, in closed
 form; any subset of time steps (the scored ones) is again equicorrelated with the same rho.
 
+With `stochastic` = N < K only the last N transitions get noise and a likelihood (DPPO's fine-tuned
+denoising steps); the first K - N run as the ordinary deterministic sampler. A step whose mean is
+ill-conditioned for PPO is then left out of the ratio: a trailing-spaced DDIM chain's first step
+starts at alpha_bar ~ 1e-7, where the clean-chunk estimate multiplies the network's error by
+thousands. The deterministic prefix runs on the current network (the fine-tuned checkpoint samples
+with one network), so its output x_{K-N} is, for PPO, part of the state the stochastic steps act in:
+its drift as the network changes is the same kind of change as the env states' drift, which PPO's
+surrogate ignores too.
+
 `x_0` is standard normal and does not depend on the parameters, so it is left out of the
 likelihood. With `scored` (a slice of the chunk's time steps) the likelihood counts only those
 actions, the ones the env executes (as DPPO does): the others never reach the env, so their noise
@@ -109,13 +118,18 @@ class StochasticChain(nn.Module):
     """
 
     def __init__(self, head: ActionHead, steps: int, pooled_dim: int, std_min: float, std_max: float,
-                 clip: float = 1.0, scored: slice | None = None, correlation: float = 0.0):
+                 clip: float = 1.0, scored: slice | None = None, correlation: float = 0.0,
+                 stochastic: int | None = None):
         super().__init__()
         if steps < 1:
             raise ValueError(f"a denoising chain needs >= 1 step, got {steps}")
         if not 0.0 <= correlation < 1.0:
             raise ValueError(f"noise correlation must be in [0, 1), got {correlation}")
+        stochastic = steps if stochastic is None else stochastic
+        if not 1 <= stochastic <= steps:
+            raise ValueError(f"stochastic steps must be in [1, {steps}] (the chain's length), got {stochastic}")
         self.head, self.steps, self.clip, self.correlation = head, steps, clip, correlation
+        self.first_stochastic = steps - stochastic  # steps before it are deterministic
         self.scored = scored if scored is not None else slice(None)
         self.noise = NoiseNet(head.horizon, head.action_dim, pooled_dim, std_min, std_max)
 
@@ -123,6 +137,11 @@ class StochasticChain(nn.Module):
     def scored_elements(self) -> int:
         """Gaussian dimensions per transition that the likelihood counts."""
         return len(range(self.head.horizon)[self.scored]) * self.head.action_dim
+
+    @property
+    def stochastic_steps(self) -> range:
+        """The transitions k (x_k -> x_{k+1}) that get noise and a likelihood."""
+        return range(self.first_stochastic, self.steps)
 
     def transition_log_prob(self, x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         """log N(x_next; mean, std^2), correlated across time as `correlation` says, over the scored time
@@ -163,19 +182,23 @@ class StochasticChain(nn.Module):
         chain, log_prob = [x], torch.zeros(b, device=device)
         prepared = self.head.denoiser.prepare(cond)
         for k in range(self.steps):
-            mean, std, _ = self.step(x, k, cond, prepared)
-            x = mean + std * correlate(noise[:, k + 1], self.correlation)
-            log_prob += self.transition_log_prob(x, mean, std)
+            if k < self.first_stochastic:
+                x = self.mean(x, k, cond, prepared)[0].clamp(-self.clip, self.clip)
+            else:
+                mean, std, _ = self.step(x, k, cond, prepared)
+                x = mean + std * correlate(noise[:, k + 1], self.correlation)
+                log_prob += self.transition_log_prob(x, mean, std)
             chain.append(x)
         return torch.stack(chain, dim=1), log_prob
 
     def log_prob(self, cond: Conditioning, chain: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-transition log-likelihoods (B, K) of `chain` under the current parameters, with the
-        mean log standard deviation (B,) (the entropy's parameter-dependent part) and the network's
-        outputs (B, K, H, A) (for a regularizer toward the starting policy)."""
+        """Log-likelihoods (B, N) of `chain`'s N stochastic transitions under the current parameters,
+        with the mean log standard deviation (B,) (the entropy's parameter-dependent part) and the
+        network's outputs along them (B, N, H, A) (for a regularizer toward the starting policy). The
+        deterministic prefix is not re-run: its output is the recorded x_{K-N}."""
         prepared = self.head.denoiser.prepare(cond)
         log_probs, log_stds, outs = [], [], []
-        for k in range(self.steps):
+        for k in self.stochastic_steps:
             mean, std, out = self.step(chain[:, k], k, cond, prepared)
             log_probs.append(self.transition_log_prob(chain[:, k + 1], mean, std))
             log_stds.append(std[:, self.scored].log().flatten(1).mean(-1))
@@ -184,9 +207,10 @@ class StochasticChain(nn.Module):
                 "outputs": torch.stack(outs, dim=1)}
 
     def network_outputs(self, cond: Conditioning, chain: torch.Tensor) -> torch.Tensor:
-        """The head network's outputs (B, K, H, A) along `chain` (for the starting policy's copy)."""
+        """The head network's outputs (B, N, H, A) along `chain`'s stochastic transitions (for the starting
+        policy's copy)."""
         prepared = self.head.denoiser.prepare(cond)
-        return torch.stack([self.mean(chain[:, k], k, cond, prepared)[1] for k in range(self.steps)], dim=1)
+        return torch.stack([self.mean(chain[:, k], k, cond, prepared)[1] for k in self.stochastic_steps], dim=1)
 
 
 class FlowChain(StochasticChain):
@@ -207,8 +231,9 @@ class DiffusionChain(StochasticChain):
     head: DiffusionHead
 
     def __init__(self, head: DiffusionHead, steps: int, pooled_dim: int, std_min: float, std_max: float,
-                 clip: float = 1.0, scored: slice | None = None, correlation: float = 0.0):
-        super().__init__(head, steps, pooled_dim, std_min, std_max, clip, scored, correlation)
+                 clip: float = 1.0, scored: slice | None = None, correlation: float = 0.0,
+                 stochastic: int | None = None):
+        super().__init__(head, steps, pooled_dim, std_min, std_max, clip, scored, correlation, stochastic)
         ddim = DDIMScheduler.from_config(head.noise_scheduler.config)  # the head's DDIM sampler's timesteps
         ddim.set_timesteps(steps)
         timesteps = ddim.timesteps.long()
@@ -235,11 +260,12 @@ CHAINS: dict[type, type[StochasticChain]] = {FlowHead: FlowChain, DiffusionHead:
 
 
 def make_chain(head: ActionHead, steps: int, pooled_dim: int, std_min: float, std_max: float,
-               clip: float = 1.0, scored: slice | None = None, correlation: float = 0.0) -> StochasticChain:
+               clip: float = 1.0, scored: slice | None = None, correlation: float = 0.0,
+               stochastic: int | None = None) -> StochasticChain:
     """The stochastic chain of a flow or diffusion head (ACT has no denoising chain to fine-tune);
     `scored`: the chunk's time steps its likelihood counts (None: all); `correlation`: of the noise
-    across the chunk's time steps."""
+    across the chunk's time steps; `stochastic`: how many of the last steps get noise (None: all)."""
     kind = CHAINS.get(type(head))
     if kind is None:
         raise TypeError(f"RL fine-tuning needs a flow or diffusion head (a denoising chain), not {type(head).__name__}")
-    return kind(head, steps, pooled_dim, std_min, std_max, clip, scored, correlation)
+    return kind(head, steps, pooled_dim, std_min, std_max, clip, scored, correlation, stochastic)

@@ -54,6 +54,9 @@ class FinetuneConfig:
     workers: int = 2  # rollout worker processes (0: envs in this process)
     seed: int = 400_000  # rollout seeds: disjoint from demonstrations, evaluation (100000+), validation, DAgger
     denoising_steps: int = 4  # chain length K; the fine-tuned policy samples with K deterministic steps
+    # how many of the chain's last steps get exploration noise and a likelihood (None: all K); the first
+    # K - N run deterministically (robopolicy/rl/chain.py says when that helps)
+    stochastic_steps: int | None = None
     # actions executed per chunk decision, in the rollouts, the evaluations and the fine-tuned checkpoint's
     # config (None: the policy's own)
     n_action_steps: int | None = None
@@ -94,6 +97,9 @@ class FinetuneConfig:
             raise ValueError(f"n_action_steps must be >= 1, got {self.n_action_steps}")
         if self.denoising_steps < 1:
             raise ValueError(f"denoising_steps must be >= 1, got {self.denoising_steps}")
+        if self.stochastic_steps is not None and not 1 <= self.stochastic_steps <= self.denoising_steps:
+            raise ValueError(f"stochastic_steps must be in [1, denoising_steps={self.denoising_steps}], "
+                             f"got {self.stochastic_steps}")
         if self.validation_episodes < 0 or self.validation_every < 1:
             raise ValueError("validation_episodes must be >= 0 and validation_every >= 1")
         if not 0 <= self.noise_correlation < 1:

@@ -75,7 +75,8 @@ class Learner:
         try:
             self.chain: StochasticChain = make_chain(policy.head, cfg.denoising_steps, policy.encoder.pooled_dim,
                                                      cfg.std_min, cfg.std_max, scored=scored,
-                                                     correlation=cfg.noise_correlation)
+                                                     correlation=cfg.noise_correlation,
+                                                     stochastic=cfg.stochastic_steps)
         except TypeError as err:
             raise ConfigError(f"{cfg.checkpoint}: {err}") from None
         self.critic = ValueNet(policy.encoder.pooled_dim)
@@ -83,7 +84,8 @@ class Learner:
         if cfg.ppo.bc_coef > 0:  # a frozen copy of the starting policy
             ref_policy = copy.deepcopy(policy).requires_grad_(False)
             self.reference = (ref_policy, make_chain(ref_policy.head, cfg.denoising_steps,
-                                                     ref_policy.encoder.pooled_dim, cfg.std_min, cfg.std_max))
+                                                     ref_policy.encoder.pooled_dim, cfg.std_min, cfg.std_max,
+                                                     stochastic=cfg.stochastic_steps))
         p = cfg.ppo
         self.optimizers = {
             "actor": torch.optim.AdamW(policy.parameters(), lr=p.actor_lr, weight_decay=0.0),
@@ -99,7 +101,7 @@ class Learner:
 
     @property
     def n_elements(self) -> int:
-        return self.chain.steps * self.chain.scored_elements
+        return len(self.chain.stochastic_steps) * self.chain.scored_elements
 
     # ------------------------------------------------------------------ rollouts
     @torch.no_grad()
@@ -377,7 +379,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
                "success_before": record["success_before"], "success_after": record.get("success_after"),
                "episodes": cfg.eval.episodes, "eval_seeds": [cfg.eval.seed, cfg.eval.seed + cfg.eval.episodes - 1],
                "iterations": max(cfg.iterations, start_iteration), "env_steps": record["env_steps"], "wall_seconds": record["wall_seconds"],
-               "denoising_steps": cfg.denoising_steps, "n_action_steps": policy.config.n_action_steps,
+               "denoising_steps": cfg.denoising_steps, "stochastic_steps": len(learner.chain.stochastic_steps),
+               "n_action_steps": policy.config.n_action_steps,
                "fine_tuned": str(result)}
     if cfg.validation_episodes:
         summary.update({"success_last": record["success_last"], "selected_iteration": record["best_iteration"],
