@@ -28,9 +28,10 @@ CURVE_KEYS = ("env_steps", "wall_seconds", "rollout/success_rate", "rollout/retu
 def learning_curve(run_dir: Path) -> list[dict]:
     """Every iteration's figures from the run's metrics.jsonl, one row per iteration (a step's rollout,
     validation and evaluation lines merged), so the recorded curve regenerates with the same command."""
+    from robopolicy.train.logger import read_metrics
+
     rows: dict[int, dict] = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        entry = json.loads(line)
+    for entry in read_metrics(run_dir):
         row = rows.setdefault(entry["step"], {"step": entry["step"]})
         row.update({key: entry[key] for key in CURVE_KEYS if key in entry})
     return [rows[step] for step in sorted(rows)]

@@ -151,7 +151,8 @@ class DiffusionConfig:
     # below the top level and ends at t = 0, a step the network barely changes (0, 25, 50, 75 for 4 of 100);
     # "trailing" starts at the top and spends every step denoising (24, 49, 74, 99). Sampling only: the
     # trained weights are the same. Trailing sampled better in bench/RESULTS.md, but RL fine-tuning keeps
-    # leading: trailing's first step (alpha_bar ~0) makes PPO's likelihood ratios ill-conditioned.
+    # leading: trailing's first step (alpha_bar ~0) makes PPO's likelihood ratios ill-conditioned (unless
+    # finetune's stochastic_steps leaves that step deterministic).
     timestep_spacing: Literal["leading", "trailing"] = "leading"
 
     def __post_init__(self):
