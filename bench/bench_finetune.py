@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchlib import machine
+from benchlib import command_line, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CURVE_KEYS = ("env_steps", "wall_seconds", "rollout/success_rate", "rollout/return", "ppo/approx_kl",
@@ -47,9 +47,8 @@ def main() -> None:
 
     cfg = load_finetune_config(args.config, args.set)
     out = finetune(cfg, resume=args.resume)
-    flags = "".join(f" --set {o}" for o in args.set) + (" --resume" if args.resume else "")
     record = {**out, "machine": machine(), "config": str(args.config), "overrides": args.set,
-              "command": f"python bench/bench_finetune.py {args.config}{flags}",
+              "command": command_line(),
               "curve": learning_curve(Path(cfg.output_dir) / cfg.name)}
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"finetune_{cfg.name}.json"
