@@ -6,32 +6,20 @@
 
 The same weights sampled both ways (`policy.diffusion.timestep_spacing`; the weights do not depend on
 it): every checkpoint is scored with each spacing on the validation seeds; the checkpoints named by
-`--evaluate` (their folder names, e.g. step_003600) are also scored on the evaluation seeds. Each
-variant is a copy of the checkpoint folder with only the spacing in its config changed, evaluated by
-`robopolicy eval`'s evaluator. Records bench/results/timestep_spacing_<name>.json.
+`--evaluate` (their folder names, e.g. step_003600) are also scored on the evaluation seeds, by
+`robopolicy eval`'s evaluator with its `timestep_spacing` option (`--timestep-spacing` on the command
+line). Records bench/results/timestep_spacing_<name>.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import tempfile
 from pathlib import Path
 
 from benchlib import command_line, machine, success_figure, write_result
 
 SPACINGS = ("leading", "trailing")
-
-
-def with_spacing(checkpoint: Path, spacing: str, folder: Path) -> Path:
-    """A copy of `checkpoint` whose sampler spaces its timesteps as `spacing`."""
-    target = folder / f"{checkpoint.name}_{spacing}"
-    shutil.copytree(checkpoint, target, ignore=shutil.ignore_patterns("training_state"))
-    config = json.loads((target / "config.json").read_text())
-    config["spec"]["config"]["diffusion"]["timestep_spacing"] = spacing
-    (target / "config.json").write_text(json.dumps(config, indent=1))
-    return target
 
 
 def main() -> None:
@@ -50,8 +38,9 @@ def main() -> None:
     from robopolicy.evaluate.config import EvalConfig
     from robopolicy.evaluate.evaluator import evaluate
 
-    def score(checkpoint: Path, episodes: int, seed: int, out: Path) -> dict:
-        cfg = EvalConfig(episodes=episodes, seed=seed, envs=episodes, inference_steps=args.steps, videos=0)
+    def score(checkpoint: Path, spacing: str, episodes: int, seed: int, out: Path) -> dict:
+        cfg = EvalConfig(episodes=episodes, seed=seed, envs=episodes, inference_steps=args.steps, videos=0,
+                         timestep_spacing=spacing)
         return success_figure(evaluate(checkpoint, args.env, cfg, out, progress=False).summary)
 
     rows = {}
@@ -59,12 +48,12 @@ def main() -> None:
         for checkpoint in args.checkpoints:
             row = rows.setdefault(checkpoint.name, {"checkpoint": str(checkpoint)})
             for spacing in SPACINGS:
-                variant = with_spacing(checkpoint, spacing, Path(tmp))
-                row[f"validation_{spacing}"] = score(variant, args.validation_episodes, args.validation_seed,
-                                                     Path(tmp) / f"val_{variant.name}")
+                label = f"{checkpoint.name}_{spacing}"
+                row[f"validation_{spacing}"] = score(checkpoint, spacing, args.validation_episodes,
+                                                     args.validation_seed, Path(tmp) / f"val_{label}")
                 if checkpoint.name in args.evaluate:
-                    row[f"evaluation_{spacing}"] = score(variant, args.episodes, args.seed,
-                                                         Path(tmp) / f"eval_{variant.name}")
+                    row[f"evaluation_{spacing}"] = score(checkpoint, spacing, args.episodes, args.seed,
+                                                         Path(tmp) / f"eval_{label}")
                 print(checkpoint.name, spacing, {k: v["successes"] for k, v in row.items() if k != "checkpoint"},
                       flush=True)
     name = args.name or args.checkpoints[0].parent.parent.name

@@ -290,7 +290,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = from_dict(EvalConfig, {
         "env": args.env, "episodes": args.episodes, "workers": args.workers, "envs": args.envs, "seed": args.seed,
         "inference_steps": args.inference_steps, "n_action_steps": args.n_action_steps,
-        "execution": args.execution, "weights": args.weights, "max_steps": args.max_steps, "videos": args.videos,
+        "timestep_spacing": args.timestep_spacing, "execution": args.execution, "weights": args.weights, "max_steps": args.max_steps, "videos": args.videos,
         "compose": args.compose or [], "compose_weights": weights})
     out = args.out or Path(args.checkpoint).resolve().parent.parent / "eval" / Path(args.checkpoint).resolve().name
     if args.compose_search:
@@ -698,6 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=100_000, help="first episode seed")
     p.add_argument("--inference-steps", type=int, default=None, help="diffusion / flow steps (default: the policy's)")
     p.add_argument("--n-action-steps", type=int, default=None, help="actions executed per chunk")
+    p.add_argument("--timestep-spacing", choices=["leading", "trailing"], default=None,
+                   help="a diffusion policy's sampler spacing (default: the policy's own)")
     p.add_argument("--execution", choices=["receding", "ensemble"], default="receding")
     p.add_argument("--weights", choices=["ema", "raw"], default="ema")
     p.add_argument("--max-steps", type=int, default=None)

@@ -127,6 +127,7 @@ def test_an_output_dir_that_is_a_file_and_a_non_utf8_config(tmp_path):
     (["finetune", "--checkpoint", "ckpt", "--env", "test/reach", "iterations=0"], ["iterations"]),
     (["finetune", "--checkpoint", "ckpt", "--env", "test/reach", "ppo.clip=0"], ["ppo.clip"]),
     (["finetune", "--checkpoint", "ckpt", "--env", "test/reach", "std_min=0.5"], ["std_min"]),
+    (["finetune", "--checkpoint", "ckpt", "--env", "test/reach", "timestep_spacing=sideways"], ["timestep_spacing"]),
     (["finetune", "--config", "missing.yaml"], ["missing.yaml"]),
     (["finetune", "--resume", "--checkpoint", "ckpt", "--env", "test/reach"], ["nothing to resume"]),
     (["train", "--config", str(REPO / "configs" / "quickstart_lift_lowdim.yaml"), "train.steps"],

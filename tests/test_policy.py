@@ -35,6 +35,34 @@ def test_predict_save_load_roundtrip(dataset, tmp_path, head):
     single = {k: v[-1] for k, v in obs.items()}
     assert loaded.predict_chunk(single).shape == chunk.shape
 
+def test_eval_can_sample_a_diffusion_checkpoint_with_the_other_timestep_spacing(dataset, tmp_path):
+    """`robopolicy eval --timestep-spacing` samples the same weights as a checkpoint trained with that spacing
+    would, and refuses a head it does not apply to, naming the checkpoint."""
+    from robopolicy.errors import ConfigError
+    from robopolicy.evaluate.config import EvalConfig
+    from robopolicy.evaluate.evaluator import load_policy
+
+    torch.manual_seed(0)
+    trailing = Policy.from_dataset(small_config("diffusion"), dataset)
+    trailing.config.diffusion.timestep_spacing = "trailing"
+    trailing.save(tmp_path / "trailing")
+    trailing.config.diffusion.timestep_spacing = "leading"
+    trailing.save(tmp_path / "leading")  # the same weights, configured leading from the start
+    obs = observation(dataset, 100, 2)
+    sample = lambda policy: policy.predict_chunk(obs, steps=4, generator=torch.Generator().manual_seed(3))
+    as_trailing = sample(Policy.load(tmp_path / "trailing"))
+    resampled = load_policy(tmp_path / "trailing", EvalConfig(timestep_spacing="leading"))
+    assert resampled.head._sampler(4).timesteps.tolist() == [75, 50, 25, 0]
+    assert np.array_equal(sample(resampled), sample(Policy.load(tmp_path / "leading")))
+    assert not np.array_equal(sample(resampled), as_trailing)
+    resampled.save(tmp_path / "resaved")  # a saved copy keeps sampling the chosen way
+    assert Policy.load(tmp_path / "resaved").config.diffusion.timestep_spacing == "leading"
+
+    Policy.from_dataset(small_config("flow"), dataset).save(tmp_path / "flow")
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'flow'}: timestep_spacing=leading.*head is flow"):
+        load_policy(tmp_path / "flow", EvalConfig(timestep_spacing="leading"))
+
+
 def test_rotation_dims_with_zero_std_come_back_exactly_zero(dataset):
     policy = Policy.from_dataset(small_config("flow"), dataset)
     chunk = policy.predict_chunk(observation(dataset, 40, 2))

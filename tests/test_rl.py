@@ -240,6 +240,16 @@ def test_more_actions_per_decision_than_a_chunk_holds_is_refused(tmp_path, toy_c
     assert not (tmp_path / "finetune" / "checkpoints").exists()
 
 
+def test_a_timestep_spacing_for_a_flow_start_is_refused(tmp_path, toy_checkpoint):
+    from robopolicy.errors import ConfigError
+
+    cfg = load_finetune_config(None, [f"checkpoint={toy_checkpoint}", f"env={TOY}", f"output_dir={tmp_path}",
+                                      "timestep_spacing=leading"])
+    with pytest.raises(ConfigError, match=f"{toy_checkpoint}: timestep_spacing=leading.*head is flow"):
+        finetune(cfg)
+    assert not (tmp_path / "finetune").exists()
+
+
 def _toy_finetune(root, toy_checkpoint, iterations, resume=False, extra=()):
     overrides = [f"checkpoint={toy_checkpoint}", f"env={TOY}", f"output_dir={root}", "name=ft",
                  f"iterations={iterations}", "envs=3", "workers=1", "max_steps=30", "eval_every=0",

@@ -18,6 +18,8 @@ class EvalConfig:
     every: int = 0  # evaluate every N training steps (0 = only after training)
     inference_steps: int | None = None  # diffusion / flow steps; None = the policy's default
     n_action_steps: int | None = None  # actions executed per chunk; None = the policy's default
+    # a diffusion policy's sampler spacing (policy.diffusion.timestep_spacing); None = the policy's own
+    timestep_spacing: Literal["leading", "trailing"] | None = None
     execution: Literal["receding", "ensemble"] = "receding"
     ensemble_decay: float = 0.01  # temporal ensembling weight exp(-decay * i), ACT's default
     weights: Literal["ema", "raw"] = "ema"

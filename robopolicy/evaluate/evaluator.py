@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from robopolicy.errors import EnvError, RobopolicyError
+from robopolicy.errors import ConfigError, EnvError, RobopolicyError
 from robopolicy.evaluate.config import EvalConfig
 from robopolicy.evaluate.report import write_report
 from robopolicy.evaluate.rollout import EpisodeResult, VideoQuota, run_episode, write_video
@@ -73,12 +73,20 @@ def env_kwargs_for(policy_spec, cfg: EvalConfig, record: bool) -> dict:
 def load_policy(checkpoint: str | Path, cfg: EvalConfig):
     """The checkpoint's policy, or with `cfg.compose` its composition with the others (GPC)."""
     if cfg.compose:
+        if cfg.timestep_spacing:
+            raise ConfigError("timestep_spacing: composed policies sample with their own spacing; drop one option")
         from robopolicy.policy.compose import load_composed
 
         return load_composed([str(checkpoint), *cfg.compose], cfg.compose_weights, cfg.weights)
     from robopolicy.policy.policy import Policy
 
-    return Policy.load(checkpoint, weights=cfg.weights)
+    policy = Policy.load(checkpoint, weights=cfg.weights)
+    if cfg.timestep_spacing:
+        try:
+            policy.set_timestep_spacing(cfg.timestep_spacing)
+        except ConfigError as err:
+            raise ConfigError(f"{checkpoint}: {err}") from None
+    return policy
 
 
 def _worker(worker_id: int, checkpoint: str, env_name: str, cfg: EvalConfig, video_dir: str | None,
@@ -345,6 +353,7 @@ def _summary(checkpoint: Path, env_name: str, cfg: EvalConfig, policy, episodes:
         "composed_with": ({"checkpoints": list(cfg.compose), "weights": policy.weights} if cfg.compose else None),
         "policy": {"head": pc.head, "horizon": pc.horizon, "n_obs_steps": pc.n_obs_steps,
                    "inference_steps": cfg.inference_steps or head_steps[pc.head],
+                   "timestep_spacing": pc.diffusion.timestep_spacing if pc.head == "diffusion" else None,
                    "execution": cfg.execution, "n_action_steps": 1 if cfg.execution == "ensemble"
                    else (cfg.n_action_steps or pc.n_action_steps),
                    "ensemble_decay": cfg.ensemble_decay if cfg.execution == "ensemble" else None},

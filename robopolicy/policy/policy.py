@@ -93,6 +93,14 @@ class Policy(nn.Module):
     def config(self) -> PolicyConfig:
         return self.spec.config
 
+    def set_timestep_spacing(self, spacing: str) -> None:
+        """Sample this diffusion policy's DDIM/DDPM chain with `spacing` from now on (eval's and finetune's
+        `timestep_spacing`): the same weights, another sampler."""
+        if self.config.head != "diffusion":
+            raise ConfigError(f"timestep_spacing={spacing}: it spaces a diffusion sampler's steps, and this policy's "
+                              f"head is {self.config.head}")
+        self.head.set_timestep_spacing(spacing)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

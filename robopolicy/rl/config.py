@@ -60,6 +60,9 @@ class FinetuneConfig:
     # actions executed per chunk decision, in the rollouts, the evaluations and the fine-tuned checkpoint's
     # config (None: the policy's own)
     n_action_steps: int | None = None
+    # a diffusion policy's sampler spacing for the rollouts, every evaluation (the start's too) and the
+    # fine-tuned checkpoint (None: the start's own); the chain's first step decides it (robopolicy/rl/chain.py)
+    timestep_spacing: Literal["leading", "trailing"] | None = None
     std_min: float = 0.05  # exploration noise bounds, in normalized action units ([-1, 1] = the data's range)
     std_max: float = 0.20
     # correlation of the exploration noise between any two time steps of a chunk (per action dimension):

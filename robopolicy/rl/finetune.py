@@ -275,13 +275,19 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
             raise ConfigError(f"n_action_steps={cfg.n_action_steps}: {cfg.checkpoint} predicts only {room} actions "
                               f"from the current step")
         policy.config.n_action_steps = cfg.n_action_steps  # the rollouts' and the fine-tuned checkpoint's
+    if cfg.timestep_spacing:  # before the chain reads the sampler's timesteps
+        try:
+            policy.set_timestep_spacing(cfg.timestep_spacing)
+        except ConfigError as err:
+            raise ConfigError(f"{cfg.checkpoint}: {err}") from None
     env_name = cfg.env or _checkpoint_env(Path(cfg.checkpoint))
     torch.manual_seed(cfg.seed)  # the noise and value networks' initial weights: a run is reproducible
     learner = Learner(policy, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     eval_cfg = dataclasses.replace(cfg.eval, inference_steps=cfg.denoising_steps, max_steps=cfg.max_steps,
-                                   n_action_steps=cfg.n_action_steps or cfg.eval.n_action_steps)
+                                   n_action_steps=cfg.n_action_steps or cfg.eval.n_action_steps,
+                                   timestep_spacing=cfg.timestep_spacing or cfg.eval.timestep_spacing)
     show = cfg.progress if progress is None else progress
 
     validation_cfg = dataclasses.replace(eval_cfg, seed=cfg.validation_seed, episodes=cfg.validation_episodes)
