@@ -290,7 +290,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = from_dict(EvalConfig, {
         "env": args.env, "episodes": args.episodes, "workers": args.workers, "envs": args.envs, "seed": args.seed,
         "inference_steps": args.inference_steps, "n_action_steps": args.n_action_steps,
-        "timestep_spacing": args.timestep_spacing, "execution": args.execution, "weights": args.weights, "max_steps": args.max_steps, "videos": args.videos,
+        "timestep_spacing": args.timestep_spacing, "execution": args.execution, "weights": args.weights,
+        "max_steps": args.max_steps, "videos": args.videos,
         "compose": args.compose or [], "compose_weights": weights})
     out = args.out or Path(args.checkpoint).resolve().parent.parent / "eval" / Path(args.checkpoint).resolve().name
     if args.compose_search:

@@ -61,6 +61,8 @@ def test_eval_can_sample_a_diffusion_checkpoint_with_the_other_timestep_spacing(
     Policy.from_dataset(small_config("flow"), dataset).save(tmp_path / "flow")
     with pytest.raises(ConfigError, match=f"{tmp_path / 'flow'}: timestep_spacing=leading.*head is flow"):
         load_policy(tmp_path / "flow", EvalConfig(timestep_spacing="leading"))
+    with pytest.raises(ConfigError, match="timestep_spacing with compose"):
+        load_policy(tmp_path / "leading", EvalConfig(timestep_spacing="leading", compose=[str(tmp_path / "trailing")]))
 
 
 def test_rotation_dims_with_zero_std_come_back_exactly_zero(dataset):

@@ -74,7 +74,8 @@ def load_policy(checkpoint: str | Path, cfg: EvalConfig):
     """The checkpoint's policy, or with `cfg.compose` its composition with the others (GPC)."""
     if cfg.compose:
         if cfg.timestep_spacing:
-            raise ConfigError("timestep_spacing: composed policies sample with their own spacing; drop one option")
+            raise ConfigError("timestep_spacing with compose: composed policies each sample with their own spacing;"
+                              " give one of the two")
         from robopolicy.policy.compose import load_composed
 
         return load_composed([str(checkpoint), *cfg.compose], cfg.compose_weights, cfg.weights)
