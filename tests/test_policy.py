@@ -35,6 +35,7 @@ def test_predict_save_load_roundtrip(dataset, tmp_path, head):
     single = {k: v[-1] for k, v in obs.items()}
     assert loaded.predict_chunk(single).shape == chunk.shape
 
+
 def test_eval_can_sample_a_diffusion_checkpoint_with_the_other_timestep_spacing(dataset, tmp_path):
     """`robopolicy eval --timestep-spacing` samples the same weights as a checkpoint trained with that spacing
     would, and refuses a head it does not apply to, naming the checkpoint."""

@@ -81,13 +81,7 @@ def load_policy(checkpoint: str | Path, cfg: EvalConfig):
         return load_composed([str(checkpoint), *cfg.compose], cfg.compose_weights, cfg.weights)
     from robopolicy.policy.policy import Policy
 
-    policy = Policy.load(checkpoint, weights=cfg.weights)
-    if cfg.timestep_spacing:
-        try:
-            policy.set_timestep_spacing(cfg.timestep_spacing)
-        except ConfigError as err:
-            raise ConfigError(f"{checkpoint}: {err}") from None
-    return policy
+    return Policy.load(checkpoint, weights=cfg.weights, timestep_spacing=cfg.timestep_spacing)
 
 
 def _worker(worker_id: int, checkpoint: str, env_name: str, cfg: EvalConfig, video_dir: str | None,

@@ -93,14 +93,6 @@ class Policy(nn.Module):
     def config(self) -> PolicyConfig:
         return self.spec.config
 
-    def set_timestep_spacing(self, spacing: str) -> None:
-        """Sample this diffusion policy's DDIM/DDPM chain with `spacing` from now on (eval's and finetune's
-        `timestep_spacing`): the same weights, another sampler."""
-        if self.config.head != "diffusion":
-            raise ConfigError(f"timestep_spacing={spacing}: it spaces a diffusion sampler's steps, and this policy's "
-                              f"head is {self.config.head}")
-        self.head.set_timestep_spacing(spacing)
-
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -253,12 +245,16 @@ class Policy(nn.Module):
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu", weights: str = "ema") -> "Policy":
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu", weights: str = "ema",
+             timestep_spacing: str | None = None) -> "Policy":
         """Rebuild a policy from a checkpoint folder.
 
         weights="ema" reads model.safetensors (the exported weights: the EMA when training used one);
         weights="raw" reads the optimizer's own weights from a training checkpoint's training_state/.
         device="auto" picks cuda, else mps, else cpu.
+        timestep_spacing ("leading" / "trailing", eval's and finetune's option) samples a diffusion policy's
+        chain that way instead of its config's: training draws timesteps uniformly, so the weights serve
+        either; a saved copy records it.
         """
         if device == "auto":
             from robopolicy.system import best_device
@@ -266,6 +262,11 @@ class Policy(nn.Module):
             device = best_device()
         directory = Path(directory)
         spec = read_spec(directory)
+        if timestep_spacing:
+            if spec.config.head != "diffusion":
+                raise ConfigError(f"{directory}: timestep_spacing={timestep_spacing}: it spaces a diffusion sampler's "
+                                  f"steps, and this policy's head is {spec.config.head}")
+            spec.config.diffusion.timestep_spacing = timestep_spacing
         policy = cls(spec)
         files = {"ema": directory / WEIGHTS_FILE, "raw": directory / "training_state" / "raw_model.safetensors"}
         if weights not in files:

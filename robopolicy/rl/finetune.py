@@ -268,18 +268,13 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     rollout_threads = torch.get_num_threads()
-    policy = Policy.load(cfg.checkpoint)
+    policy = Policy.load(cfg.checkpoint, timestep_spacing=cfg.timestep_spacing)
     if cfg.n_action_steps:
         room = policy.config.horizon - policy.chunk_start
         if cfg.n_action_steps > room:
             raise ConfigError(f"n_action_steps={cfg.n_action_steps}: {cfg.checkpoint} predicts only {room} actions "
                               f"from the current step")
         policy.config.n_action_steps = cfg.n_action_steps  # the rollouts' and the fine-tuned checkpoint's
-    if cfg.timestep_spacing:  # before the chain reads the sampler's timesteps
-        try:
-            policy.set_timestep_spacing(cfg.timestep_spacing)
-        except ConfigError as err:
-            raise ConfigError(f"{cfg.checkpoint}: {err}") from None
     env_name = cfg.env or _checkpoint_env(Path(cfg.checkpoint))
     torch.manual_seed(cfg.seed)  # the noise and value networks' initial weights: a run is reproducible
     learner = Learner(policy, cfg)

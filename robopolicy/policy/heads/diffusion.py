@@ -35,14 +35,6 @@ class DiffusionHead(ActionHead):
     def inference_networks(self) -> list[nn.Module]:
         return [self.denoiser]
 
-    def set_timestep_spacing(self, spacing: str) -> None:
-        """Sample with `spacing` ("leading" / "trailing") from now on. Training draws its timesteps
-        uniformly, so the weights serve either spacing; the config records the choice, so a saved copy
-        samples the same way."""
-        self.cfg.timestep_spacing = spacing
-        self.noise_scheduler = DDPMScheduler.from_config(self.noise_scheduler.config, timestep_spacing=spacing)
-        self._samplers.clear()
-
     def loss(self, cond: Conditioning, actions: torch.Tensor, is_pad: torch.Tensor | None = None) -> dict:
         noise = torch.randn_like(actions)
         t = torch.randint(0, self.cfg.num_train_timesteps, (actions.shape[0],), device=actions.device)
