@@ -312,6 +312,19 @@ def test_finetune_writes_an_ordinary_checkpoint_and_resumes_bit_exactly(tmp_path
     assert resumed["success_after"] == straight["success_after"]
 
 
+@pytest.mark.slow
+def test_a_wall_time_budget_ends_the_run_as_its_last_iteration_would(tmp_path, toy_checkpoint):
+    """Once the budget is spent the run stops and scores where it stands, and a resume adds nothing."""
+    budget = ["wall_minutes=1e-6"]  # spent by the first iteration
+    out = _toy_finetune(tmp_path, toy_checkpoint, 5, extra=budget)
+    assert out["iterations"] == 1 and out["success_after"] is not None
+    metrics = [json.loads(line) for line in (tmp_path / "ft/metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "rollout/success_rate" in m] == [1]
+    assert [m["step"] for m in metrics if "eval/success_rate" in m] == [0, 1]  # before, and where it stopped
+    again = _toy_finetune(tmp_path, toy_checkpoint, 5, resume=True, extra=budget)
+    assert again["iterations"] == 1 and again["env_steps"] == out["env_steps"]
+
+
 def _shifted_overrides(root, toy_checkpoint):
     return [f"checkpoint={toy_checkpoint}", "env=test/reach-shifted", f"output_dir={root}", "name=shifted",
             "iterations=12", "envs=16", "workers=0", "eval_every=0", "eval.episodes=30", "eval.workers=1",

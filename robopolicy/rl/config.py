@@ -50,6 +50,9 @@ class FinetuneConfig:
     checkpoint: str | None = None  # the behaviour-cloned policy to start from (a checkpoint folder)
     env: str | None = None  # None: the env the checkpoint's run evaluated on
     iterations: int = 100  # rollout + update rounds
+    # stop after the iteration that brings the run's wall time (rollouts, updates and validation; across
+    # resumes) to this many minutes, and finish as at the last iteration; None: run all `iterations`
+    wall_minutes: float | None = None
     envs: int = 8  # parallel envs; each runs one episode per iteration
     workers: int = 2  # rollout worker processes (0: envs in this process)
     seed: int = 400_000  # rollout seeds: disjoint from demonstrations, evaluation (100000+), validation, DAgger
@@ -96,6 +99,8 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.iterations < 1 or self.envs < 1 or self.workers < 0:
             raise ValueError("iterations and envs must be >= 1, workers >= 0")
+        if self.wall_minutes is not None and self.wall_minutes <= 0:
+            raise ValueError(f"wall_minutes must be > 0, got {self.wall_minutes}")
         if self.n_action_steps is not None and self.n_action_steps < 1:
             raise ValueError(f"n_action_steps must be >= 1, got {self.n_action_steps}")
         if self.denoising_steps < 1:

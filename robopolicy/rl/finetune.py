@@ -330,8 +330,15 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
 
         bar = tqdm(total=cfg.iterations, initial=start_iteration, desc=f"finetune {env_name}", unit="iter",
                    dynamic_ncols=True)
+
+    def out_of_time() -> bool:
+        return cfg.wall_minutes is not None and record["wall_seconds"] >= 60 * cfg.wall_minutes
+
+    end = start_iteration  # the last iteration done, where the run's result is decided
     with ChunkEnvs(env_name, cfg.envs, policy.config.n_obs_steps, env_kwargs, cfg.max_steps, cfg.workers) as envs:
         for iteration in range(start_iteration, cfg.iterations):
+            if out_of_time():
+                break
             started = time.perf_counter()
             generator = torch.Generator().manual_seed(cfg.seed * 1000 + iteration)
             seeds = [cfg.seed + iteration * cfg.envs + i for i in range(cfg.envs)]
@@ -344,21 +351,24 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
                 torch.set_num_threads(rollout_threads)
             record["env_steps"] += stats.pop("env_steps")
             record["wall_seconds"] += time.perf_counter() - started
-            done = iteration + 1
+            end = done = iteration + 1
+            final = done == cfg.iterations or out_of_time()
             metrics = {**stats, "env_steps": record["env_steps"], "wall_seconds": record["wall_seconds"]}
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(success=f"{stats['rollout/success_rate']:.2f}", kl=f"{stats.get('ppo/approx_kl', 0):.3f}",
                                 std=f"{stats.get('ppo/noise_std', 0):.3f}")
-            evaluating = (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.iterations
+            evaluating = (cfg.eval_every and done % cfg.eval_every == 0) or final
             if evaluating or done % max(cfg.save_every, 1) == 0:
                 learner.save(last, done, record)
             if evaluating:
                 metrics["eval/success_rate"] = record["success_after"] = score(done)
-            if cfg.validation_episodes and (done % cfg.validation_every == 0 or done == cfg.iterations):
+            if cfg.validation_episodes and (done % cfg.validation_every == 0 or final):
                 metrics["validation/success_rate"] = validate(done)
                 metrics["wall_seconds"] = record["wall_seconds"]
             logger.log(done, metrics)
+            if final:
+                break
     if bar is not None:
         bar.close()
     if record.get("success_after") is None:  # resumed with no iterations left: score what was saved
@@ -368,7 +378,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
     result = last
     if cfg.validation_episodes:  # the run's result is the checkpoint chosen on the validation seeds
         record["success_last"] = record["success_after"]
-        if record["best_iteration"] != max(cfg.iterations, start_iteration):
+        if record["best_iteration"] != end:
             record["success_after"] = score(record["best_iteration"], best)
         result = best
     logger.close()
@@ -379,7 +389,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
     summary = {"env": env_name, "head": policy.config.head, "checkpoint": str(cfg.checkpoint), **speed,
                "success_before": record["success_before"], "success_after": record.get("success_after"),
                "episodes": cfg.eval.episodes, "eval_seeds": [cfg.eval.seed, cfg.eval.seed + cfg.eval.episodes - 1],
-               "iterations": max(cfg.iterations, start_iteration), "env_steps": record["env_steps"], "wall_seconds": record["wall_seconds"],
+               "iterations": end, "env_steps": record["env_steps"], "wall_seconds": record["wall_seconds"],
                "denoising_steps": cfg.denoising_steps, "stochastic_steps": len(learner.chain.stochastic_steps),
                "n_action_steps": policy.config.n_action_steps,
                "fine_tuned": str(result)}
