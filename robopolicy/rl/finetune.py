@@ -371,10 +371,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
                 break
     if bar is not None:
         bar.close()
-    if record.get("success_after") is None:  # resumed with no iterations left: score what was saved
-        record["success_after"] = score(start_iteration)
-        logger.log(start_iteration, {"eval/success_rate": record["success_after"], "env_steps": record["env_steps"],
-                                    "wall_seconds": record["wall_seconds"]})
+    if record.get("success_after") is None:  # no iteration left, or the budget spent by a validation: score `last`
+        record["success_after"] = score(end)
+        logger.log(end, {"eval/success_rate": record["success_after"], "env_steps": record["env_steps"],
+                         "wall_seconds": record["wall_seconds"]})
     result = last
     if cfg.validation_episodes:  # the run's result is the checkpoint chosen on the validation seeds
         record["success_last"] = record["success_after"]
