@@ -32,20 +32,15 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from robopolicy.evaluate.evaluator import env_kwargs_for
-    from robopolicy.policy.policy import Policy
-    from robopolicy.rl.finetune import Learner, load_finetune_config
+    from robopolicy.rl.finetune import load_finetune_config, rollout_env_kwargs, start_learner
     from robopolicy.rl.vector import ChunkEnvs
 
     cfg = load_finetune_config(args.config, [])
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    policy = Policy.load(cfg.checkpoint, timestep_spacing=cfg.timestep_spacing)
-    if cfg.n_action_steps:
-        policy.config.n_action_steps = cfg.n_action_steps
-    torch.manual_seed(cfg.seed)
-    learner = Learner(policy, cfg)
-    env_kwargs = {**env_kwargs_for(policy.spec, cfg.eval, record=False), **cfg.env_kwargs}
+    learner = start_learner(cfg)
+    policy = learner.policy
+    env_kwargs = rollout_env_kwargs(policy, cfg)
     seeds = [cfg.seed + i for i in range(cfg.envs)]
 
     runs: dict[int, list[dict]] = {w: [] for w in args.workers}

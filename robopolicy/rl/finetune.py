@@ -251,6 +251,25 @@ class Learner:
         return meta
 
 
+def start_learner(cfg: FinetuneConfig) -> Learner:
+    """The starting policy as the rollouts run it (its sampler spacing, actions per decision) and its Learner.
+    The noise and value networks' initial weights are drawn from `cfg.seed`: a run is reproducible."""
+    policy = Policy.load(cfg.checkpoint, timestep_spacing=cfg.timestep_spacing)
+    if cfg.n_action_steps:
+        room = policy.config.horizon - policy.chunk_start
+        if cfg.n_action_steps > room:
+            raise ConfigError(f"n_action_steps={cfg.n_action_steps}: {cfg.checkpoint} predicts only {room} actions "
+                              f"from the current step")
+        policy.config.n_action_steps = cfg.n_action_steps  # the rollouts' and the fine-tuned checkpoint's
+    torch.manual_seed(cfg.seed)
+    return Learner(policy, cfg)
+
+
+def rollout_env_kwargs(policy: Policy, cfg: FinetuneConfig) -> dict:
+    """The rollout envs' constructor arguments: the policy's observations, as evaluation makes them, and the config's."""
+    return {**env_kwargs_for(policy.spec, cfg.eval, record=False), **cfg.env_kwargs}
+
+
 def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = None) -> dict:
     """Fine-tune `cfg.checkpoint` with PPO; returns the summary written to finetune.json."""
     if not cfg.checkpoint:
@@ -268,16 +287,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     rollout_threads = torch.get_num_threads()
-    policy = Policy.load(cfg.checkpoint, timestep_spacing=cfg.timestep_spacing)
-    if cfg.n_action_steps:
-        room = policy.config.horizon - policy.chunk_start
-        if cfg.n_action_steps > room:
-            raise ConfigError(f"n_action_steps={cfg.n_action_steps}: {cfg.checkpoint} predicts only {room} actions "
-                              f"from the current step")
-        policy.config.n_action_steps = cfg.n_action_steps  # the rollouts' and the fine-tuned checkpoint's
+    learner = start_learner(cfg)
+    policy = learner.policy
     env_name = cfg.env or _checkpoint_env(Path(cfg.checkpoint))
-    torch.manual_seed(cfg.seed)  # the noise and value networks' initial weights: a run is reproducible
-    learner = Learner(policy, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     eval_cfg = dataclasses.replace(cfg.eval, inference_steps=cfg.denoising_steps, max_steps=cfg.max_steps,
@@ -323,7 +335,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
         logger.log(start_iteration, {"validation/success_rate": validate(start_iteration),
                                      "env_steps": record["env_steps"], "wall_seconds": record["wall_seconds"]})
 
-    env_kwargs = {**env_kwargs_for(policy.spec, cfg.eval, record=False), **cfg.env_kwargs}
+    env_kwargs = rollout_env_kwargs(policy, cfg)
     bar = None
     if show:
         from tqdm import tqdm
@@ -351,22 +363,22 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
                 torch.set_num_threads(rollout_threads)
             record["env_steps"] += stats.pop("env_steps")
             record["wall_seconds"] += time.perf_counter() - started
-            end = done = iteration + 1
-            final = done == cfg.iterations or out_of_time()
+            end = iteration + 1
+            final = end == cfg.iterations or out_of_time()
             metrics = {**stats, "env_steps": record["env_steps"], "wall_seconds": record["wall_seconds"]}
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(success=f"{stats['rollout/success_rate']:.2f}", kl=f"{stats.get('ppo/approx_kl', 0):.3f}",
                                 std=f"{stats.get('ppo/noise_std', 0):.3f}")
-            evaluating = (cfg.eval_every and done % cfg.eval_every == 0) or final
-            if evaluating or done % max(cfg.save_every, 1) == 0:
-                learner.save(last, done, record)
+            evaluating = (cfg.eval_every and end % cfg.eval_every == 0) or final
+            if evaluating or end % max(cfg.save_every, 1) == 0:
+                learner.save(last, end, record)
             if evaluating:
-                metrics["eval/success_rate"] = record["success_after"] = score(done)
-            if cfg.validation_episodes and (done % cfg.validation_every == 0 or final):
-                metrics["validation/success_rate"] = validate(done)
+                metrics["eval/success_rate"] = record["success_after"] = score(end)
+            if cfg.validation_episodes and (end % cfg.validation_every == 0 or final):
+                metrics["validation/success_rate"] = validate(end)
                 metrics["wall_seconds"] = record["wall_seconds"]
-            logger.log(done, metrics)
+            logger.log(end, metrics)
             if final:
                 break
     if bar is not None:
