@@ -99,6 +99,11 @@ def test_batched_composed_chunks_equal_one_by_one(pair, toy_checkpoint, tmp_path
     again = composed.sample_actions(composed.observation_batches(observations[:1]),
                                     generator=torch.Generator().manual_seed(11))[0].numpy()
     np.testing.assert_allclose(one, again, atol=1e-6)
+    # a generator per row (what batched evaluation passes, one per episode) samples each row as alone
+    generators = lambda: [torch.Generator().manual_seed(seed) for seed in (21, 22, 23)]  # noqa: E731
+    per_row = composed.sample_actions(composed.observation_batches(observations), generator=generators()).numpy()
+    alone = np.stack([composed.predict_chunk(o, generator=g) for o, g in zip(observations, generators())])
+    np.testing.assert_allclose(per_row, alone, atol=1e-5)
     done = cli(tmp_path, "--checkpoint", str(toy_checkpoint), "--env", "test/reach", "--episodes", "4", "--workers",
                "1", "--envs", "2", "--videos", "0", "--compose", str(perturbed), "--compose-weights", "0.4,0.6",
                "--out", "batched", "--no-progress")

@@ -80,6 +80,22 @@ def test_prefix_fixes_committed_actions(dataset, head):
     free = policy.predict_chunk(observation(dataset, 100, 2))
     assert not np.allclose(free[:4], prefix, atol=1e-3)
 
+@pytest.mark.parametrize("head", ["diffusion", "flow"])
+def test_a_row_samples_the_same_chunk_whatever_it_is_batched_with(dataset, head):
+    """Batched evaluation gives each episode its own generator: row i of a batch sampled with a list
+    of generators is the chunk a call for that observation alone draws from generator i."""
+    torch.manual_seed(0)
+    policy = Policy.from_dataset(small_config(head), dataset).eval()
+    observations = [observation(dataset, frame, 2) for frame in (100, 200, 300)]
+    generators = lambda: [torch.Generator().manual_seed(seed) for seed in (7, 8, 9)]  # noqa: E731
+    batched = policy.sample_actions(policy.observation_batches(observations), generator=generators()).numpy()
+    alone = np.stack([policy.predict_chunk(o, generator=g) for o, g in zip(observations, generators())])
+    np.testing.assert_allclose(batched, alone, atol=1e-4)
+    shared = policy.sample_actions(policy.observation_batches(observations),
+                                   generator=torch.Generator().manual_seed(7)).numpy()
+    assert not np.allclose(shared[1:], alone[1:], atol=1e-2)  # one generator for the batch draws other noise
+
+
 def test_bad_observations_are_rejected(dataset):
     policy = Policy.from_dataset(small_config("diffusion"), dataset)
     obs = observation(dataset, 100, 2)

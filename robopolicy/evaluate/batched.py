@@ -8,10 +8,10 @@ episodes (one per seed, the same step limit and chunk execution), fewer and larg
 
 What it does not do, and the default evaluator does: videos, per-episode crash isolation (a
 failing env stops the evaluation), temporal ensembling. Composed policies (GPC) batch too: each
-part reads its own observations of all waiting envs. Sampling noise comes
-from one generator for the whole evaluation, so a run is reproducible for the same settings, but
-an episode's noise depends on which envs share its batches (the default evaluator seeds it per
-episode).
+part reads its own observations of all waiting envs. Each episode draws its sampling noise from its
+own generator seeded with the episode's seed, as the default evaluator does, so an episode samples
+the same noise whatever `envs`, `workers` or batch it runs in; what batching can still change is the
+last bits of the network's arithmetic.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ def run_batched(policy, env_name: str, cfg: EvalConfig, seeds: list[int], env_kw
     except ValueError as err:
         raise ConfigError(str(err)) from None
     policy.eval()
-    generator = torch.Generator().manual_seed(seeds[0])
     pending = list(seeds)
     workers = min(cfg.workers, n_envs)
     with ChunkEnvs(env_name, n_envs, policy.config.n_obs_steps, env_kwargs, cfg.max_steps, workers) as envs:
@@ -61,14 +60,16 @@ def run_batched(policy, env_name: str, cfg: EvalConfig, seeds: list[int], env_kw
             if starts:
                 windows.update(envs.reset(starts))
             for i, seed in starts.items():
-                running[i] = {"seed": seed, "start": time.perf_counter(), "inferences": 0}
+                running[i] = {"seed": seed, "start": time.perf_counter(), "inferences": 0,
+                              "generator": torch.Generator().manual_seed(seed)}
 
         start(list(range(n_envs)))
         while running:
             ids = sorted(running)
             with torch.inference_mode():
                 chunks = policy.sample_actions(policy.observation_batches([windows[i] for i in ids]),
-                                               steps=cfg.inference_steps, generator=generator)
+                                               steps=cfg.inference_steps,
+                                               generator=[running[i]["generator"] for i in ids])
             chunks = chunks[:, :n_act].float().cpu().numpy()
             for i in ids:
                 running[i]["inferences"] += 1

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
 from robopolicy.errors import ConfigError
 from robopolicy.policy.heads.diffusion import DiffusionHead
@@ -102,10 +103,12 @@ class ComposedPolicy:
 
     @torch.no_grad()
     def sample_actions(self, batches: Sequence[Mapping[str, Any]], steps: int | None = None,
-                       generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+                       generator: torch.Generator | list[torch.Generator] | None = None,
+                       noise: torch.Tensor | None = None) -> torch.Tensor:
         """Batched inference (what batched evaluation calls): one batch per policy, as
-        `observation_batches` makes them -> (B, H', A) robot-unit actions. `noise` (flow only): the
-        chain's starting point, (B, horizon, A), instead of a draw from `generator`."""
+        `observation_batches` makes them -> (B, H', A) robot-unit actions. `generator`: one for the
+        batch, or a list with one per row (`Policy.sample_actions`). `noise` (flow only): the chain's
+        starting point, (B, horizon, A), instead of a draw from `generator`."""
         first = self.policies[0]
         steps = steps or first.head.cfg.num_inference_steps
         conds = [p.encode(b) for p, b in zip(self.policies, batches)]
@@ -116,7 +119,7 @@ class ComposedPolicy:
                                    generator=generator)
             return first.normalizer.unnormalize("action", x)[:, first.chunk_start:]
         shape = (n, first.config.horizon, first.spec.action_dim)
-        x = torch.randn(shape, generator=generator) if noise is None else noise.to(torch.float32)
+        x = randn_tensor(shape, generator=generator) if noise is None else noise.to(torch.float32)
         for i in range(steps):
             t = 1.0 - i / steps
             time = torch.full((n,), t * TIME_SCALE)

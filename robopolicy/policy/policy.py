@@ -130,10 +130,13 @@ class Policy(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def sample_actions(self, batch: Mapping[str, Any], steps: int | None = None, prefix: torch.Tensor | None = None,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
         """Batched inference: training-format observations -> (B, H', A) actions for t, t+1, ...
 
         `prefix` (B, K, A), robot units, holds actions already committed for t .. t+K-1.
+        `generator` is one for the whole batch, or a list of B, one per row: row i's noise is then
+        what a batch of one would draw from generator i, so a row samples the same chunk whatever
+        it is batched with (batched evaluation gives each episode its own).
         """
         cond = self.encode(batch)
         head_prefix = head_mask = None

@@ -5,6 +5,8 @@ Every head implements
     sample(cond, steps=None, prefix=None, prefix_mask=None, generator=None) -> actions (B, H, A)
 on normalized actions. `prefix` (B, H, A) with `prefix_mask` (B, H) fixes actions that are already
 committed (real-time chunking / inpainting); ACT predicts in one pass and ignores it.
+`generator` is a torch generator or a list of one per batch row (diffusers' `randn_tensor` draws
+each row from its own).
 """
 
 from robopolicy.policy.heads.act import ACTHead
