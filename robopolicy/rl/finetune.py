@@ -39,6 +39,7 @@ from robopolicy.errors import ConfigError, RobopolicyError
 from robopolicy.evaluate.config import seed_ranges_overlap
 from robopolicy.evaluate.evaluator import env_kwargs_for, evaluate
 from robopolicy.fileio import atomic_directory
+from robopolicy.policy.execution import resolve_n_action_steps
 from robopolicy.policy.policy import Policy, write_policy_files
 from robopolicy.rl.chain import StochasticChain, make_chain
 from robopolicy.rl.config import FinetuneConfig
@@ -256,11 +257,10 @@ def start_learner(cfg: FinetuneConfig) -> Learner:
     The noise and value networks' initial weights are drawn from `cfg.seed`: a run is reproducible."""
     policy = Policy.load(cfg.checkpoint, timestep_spacing=cfg.timestep_spacing)
     if cfg.n_action_steps:
-        room = policy.config.horizon - policy.chunk_start
-        if cfg.n_action_steps > room:
-            raise ConfigError(f"n_action_steps={cfg.n_action_steps}: {cfg.checkpoint} predicts only {room} actions "
-                              f"from the current step")
-        policy.config.n_action_steps = cfg.n_action_steps  # the rollouts' and the fine-tuned checkpoint's
+        try:  # the rollouts' and the fine-tuned checkpoint's
+            policy.config.n_action_steps = resolve_n_action_steps(policy, cfg.n_action_steps)
+        except ValueError as err:
+            raise ConfigError(f"n_action_steps={cfg.n_action_steps}: {cfg.checkpoint}: {err}") from None
     torch.manual_seed(cfg.seed)
     return Learner(policy, cfg)
 
